@@ -1,0 +1,123 @@
+"""Packet: the skb of this stack.
+
+One buffer, a ``head``/``tail`` window into it, header offsets and metadata.
+Layers never copy a packet to hand it on: on receive they advance ``head``
+(``pull``, like ``skb_pull``) and read headers with ``struct.unpack_from`` on
+the same buffer; on transmit a packet is allocated with headroom and each
+layer writes its header in front of the payload (``push``, like
+``skb_push``), so the frame leaves as one contiguous buffer.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .checksum import csum_fold, csum_partial
+
+# ip_summed values, with the kernel's names and numbers (include/linux/skbuff.h).
+CHECKSUM_NONE = 0
+CHECKSUM_UNNECESSARY = 1
+CHECKSUM_COMPLETE = 2
+CHECKSUM_PARTIAL = 3
+
+# Room for a virtio-net header (12), Ethernet (14), VLAN (4), IPv4 with options
+# (60) and TCP with options (60).
+MAX_HEADER = 160
+
+
+class Packet:
+    """A frame or packet and what the layers learned about it."""
+
+    __slots__ = (
+        "buf",
+        "head",
+        "tail",
+        "mac_off",
+        "net_off",
+        "trans_off",
+        "queue",
+        "hash",
+        "ip_summed",
+        "csum_start",
+        "csum_offset",
+        "gso_size",
+        "gso_segs",
+        "gso_type",
+        "vlan_tci",
+        "protocol",
+        "pkt_type",
+        "truesize",
+    )
+
+    def __init__(self, buf: bytes | bytearray, head: int = 0, tail: int | None = None) -> None:
+        self.buf = buf
+        self.head = head
+        self.tail = len(buf) if tail is None else tail
+        self.mac_off = -1
+        self.net_off = -1
+        self.trans_off = -1
+        self.queue = 0
+        self.hash = 0
+        self.ip_summed = CHECKSUM_NONE
+        self.csum_start = 0
+        self.csum_offset = 0
+        self.gso_size = 0
+        self.gso_segs = 0
+        self.gso_type = 0
+        self.vlan_tci = 0
+        self.protocol = 0
+        self.pkt_type = 0
+        # Bytes charged for this buffer, as the kernel's skb->truesize.
+        self.truesize = len(buf) + 256
+
+    @classmethod
+    def alloc(
+        cls, payload: bytes | bytearray | memoryview = b"", headroom: int = MAX_HEADER
+    ) -> Packet:
+        """A transmit packet holding *payload* with room for headers in front."""
+        buf = bytearray(headroom + len(payload))
+        buf[headroom:] = payload
+        return cls(buf, headroom)
+
+    def push(self, n: int) -> int:
+        """Open *n* bytes in front of the data and return their offset."""
+        self.head -= n
+        if self.head < 0:
+            raise ValueError("no headroom left in packet")
+        return self.head
+
+    def pull(self, n: int) -> int:
+        """Consume *n* bytes from the front; return the old head offset."""
+        old = self.head
+        self.head += n
+        return old
+
+    def trim(self, length: int) -> None:
+        """Cut the data to *length* bytes (``pskb_trim``, e.g. Ethernet padding)."""
+        self.tail = self.head + length
+
+    def __len__(self) -> int:
+        return self.tail - self.head
+
+    def data(self) -> memoryview:
+        """The bytes between head and tail, without copying."""
+        return memoryview(self.buf)[self.head : self.tail]
+
+    def frame(self) -> memoryview:
+        """The bytes from the MAC header (or head) to the tail."""
+        start = self.mac_off if self.mac_off >= 0 else self.head
+        return memoryview(self.buf)[start : self.tail]
+
+
+def skb_checksum_help(pkt: Packet) -> None:
+    """Finish a CHECKSUM_PARTIAL packet in software (``skb_checksum_help``).
+
+    The checksum field already holds the pseudo-header sum; the sum from
+    ``csum_start`` to the end, folded, completes it. Needed whenever the
+    packet will not reach a device that offloads the checksum.
+    """
+    start = pkt.csum_start
+    field = start + pkt.csum_offset
+    total = csum_partial(memoryview(pkt.buf)[start : pkt.tail])
+    struct.pack_into("!H", pkt.buf, field, csum_fold(total))
+    pkt.ip_summed = CHECKSUM_NONE

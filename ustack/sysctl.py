@@ -1,0 +1,168 @@
+"""Every tunable of the stack, under its kernel name, with the kernel default.
+
+Values are validated like the kernel's ``proc_dointvec_minmax``: a wrong type,
+a value out of range or an unknown name raises :class:`SysctlError` with a
+one-line message, and the old value stays. Vector knobs (``tcp_rmem``,
+``ip_local_port_range``) take three or two integers separated by spaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+Value = int | tuple[int, ...]
+INT_MAX = 2**31 - 1
+
+
+class SysctlError(ValueError):
+    """An unknown sysctl name or a value the kernel would refuse."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One sysctl: its default, the accepted range and what it is for."""
+
+    name: str
+    default: Value
+    minimum: int = 0
+    maximum: int = INT_MAX
+    doc: str = ""
+
+    @property
+    def width(self) -> int:
+        return len(self.default) if isinstance(self.default, tuple) else 1
+
+
+def _k(name: str, default: Value, minimum: int = 0, maximum: int = INT_MAX, doc: str = "") -> Knob:
+    return Knob(name, default, minimum, maximum, doc)
+
+
+# Defaults are those of Linux 6.x on a machine with a few GB of memory
+# (Documentation/networking/ip-sysctl.rst, Documentation/admin-guide/sysctl/net.rst).
+_KNOBS = [
+    _k("net.core.netdev_budget", 300, 1, doc="frames one net_rx_action round may process"),
+    _k("net.core.netdev_budget_usecs", 8000, 1, doc="time one net_rx_action round may take"),
+    _k("net.core.dev_weight", 64, 1, doc="frames one NAPI poll may process"),
+    _k("net.core.netdev_max_backlog", 1000, 1, doc="per-CPU backlog queue length"),
+    _k("net.core.somaxconn", 4096, 0, doc="upper bound of a listen backlog"),
+    _k("net.core.rmem_default", 212992, 256),
+    _k("net.core.rmem_max", 212992, 256),
+    _k("net.core.wmem_default", 212992, 256),
+    _k("net.core.wmem_max", 212992, 256),
+    _k("net.ipv4.ip_forward", 0, 0, 1),
+    _k("net.ipv4.ip_default_ttl", 64, 1, 255),
+    _k("net.ipv4.ip_no_pmtu_disc", 0, 0, 3),
+    _k("net.ipv4.ip_local_port_range", (32768, 60999), 1, 65535),
+    _k("net.ipv4.ipfrag_time", 30, 1, doc="seconds a fragment queue may wait"),
+    _k("net.ipv4.ipfrag_high_thresh", 4 * 1024 * 1024, 0, doc="reassembly memory limit (bytes)"),
+    _k("net.ipv4.ipfrag_low_thresh", 3 * 1024 * 1024, 0),
+    _k("net.ipv4.ipfrag_max_dist", 64, 0),
+    _k("net.ipv4.icmp_echo_ignore_all", 0, 0, 1),
+    _k("net.ipv4.icmp_echo_ignore_broadcasts", 1, 0, 1),
+    _k("net.ipv4.icmp_ratelimit", 1000, 0, doc="ms between rate-limited ICMP errors"),
+    _k("net.ipv4.icmp_ratemask", 6168, 0),
+    _k("net.ipv4.icmp_msgs_per_sec", 1000, 0),
+    _k("net.ipv4.icmp_msgs_burst", 50, 0),
+    _k("net.ipv4.neigh.default.base_reachable_time_ms", 30000, 1),
+    _k("net.ipv4.neigh.default.delay_first_probe_time", 5, 0),
+    _k("net.ipv4.neigh.default.retrans_time_ms", 1000, 1),
+    _k("net.ipv4.neigh.default.gc_stale_time", 60, 0),
+    _k("net.ipv4.neigh.default.ucast_solicit", 3, 0),
+    _k("net.ipv4.neigh.default.mcast_solicit", 3, 0),
+    _k("net.ipv4.neigh.default.unres_qlen_bytes", 212992, 0),
+    _k("net.ipv4.neigh.default.gc_thresh1", 128, 0),
+    _k("net.ipv4.neigh.default.gc_thresh2", 512, 0),
+    _k("net.ipv4.neigh.default.gc_thresh3", 1024, 0),
+    _k("net.ipv4.tcp_rmem", (4096, 131072, 6291456), 1),
+    _k("net.ipv4.tcp_wmem", (4096, 16384, 4194304), 1),
+    _k("net.ipv4.tcp_window_scaling", 1, 0, 1),
+    _k("net.ipv4.tcp_sack", 1, 0, 1),
+    _k("net.ipv4.tcp_timestamps", 1, 0, 2),
+    _k("net.ipv4.tcp_fin_timeout", 60, 0),
+    _k("net.ipv4.tcp_syn_retries", 6, 1, 127),
+    _k("net.ipv4.tcp_synack_retries", 5, 0, 255),
+    _k("net.ipv4.tcp_retries2", 15, 0, 255),
+    _k("net.ipv4.tcp_keepalive_time", 7200, 1),
+    _k("net.ipv4.tcp_keepalive_intvl", 75, 1),
+    _k("net.ipv4.tcp_keepalive_probes", 9, 1, 127),
+    _k("net.ipv4.tcp_max_syn_backlog", 1024, 1),
+    _k("net.ipv4.tcp_syncookies", 1, 0, 2),
+    _k("net.ipv4.tcp_fastopen", 1, 0, 0xFFF),
+]
+
+KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS}
+
+
+def format_value(value: Value) -> str:
+    """Render a value the way ``sysctl`` prints it (tabs between vector parts)."""
+    if isinstance(value, tuple):
+        return "\t".join(str(v) for v in value)
+    return str(value)
+
+
+class Sysctl:
+    """The sysctl table of one stack (one network namespace in kernel terms)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Value] = {k.name: k.default for k in _KNOBS}
+
+    def __getitem__(self, name: str) -> Value:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise SysctlError(f"unknown sysctl {name!r}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def items(self) -> Iterator[tuple[str, Value]]:
+        return iter(sorted(self._values.items()))
+
+    def set(self, name: str, value: str | int | tuple[int, ...]) -> Value:
+        """Validate and store *value* (text as ``sysctl -w`` takes it); return it."""
+        knob = KNOBS.get(name)
+        if knob is None:
+            raise SysctlError(f"unknown sysctl {name!r}")
+        parsed = self._parse(knob, value)
+        self._values[name] = parsed
+        return parsed
+
+    def assign(self, text: str) -> tuple[str, Value]:
+        """Apply ``NAME=VALUE`` as given on a command line."""
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise SysctlError(f"expected NAME=VALUE, got {text!r}")
+        name = name.strip()
+        return name, self.set(name, value.strip())
+
+    @staticmethod
+    def _parse(knob: Knob, value: str | int | tuple[int, ...]) -> Value:
+        if isinstance(value, str):
+            parts = value.replace(",", " ").split()
+            try:
+                numbers = tuple(int(p, 0) for p in parts)
+            except ValueError:
+                raise SysctlError(f"{knob.name}: {value!r} is not an integer") from None
+        elif isinstance(value, tuple):
+            numbers = value
+        else:
+            numbers = (value,)
+        if len(numbers) != knob.width:
+            raise SysctlError(f"{knob.name}: takes {knob.width} integer(s), got {len(numbers)}")
+        for n in numbers:
+            if not isinstance(n, int) or isinstance(n, bool):
+                raise SysctlError(f"{knob.name}: {n!r} is not an integer")
+            if not knob.minimum <= n <= knob.maximum:
+                raise SysctlError(
+                    f"{knob.name}: {n} is out of range {knob.minimum}..{knob.maximum}"
+                )
+        if knob.width == 1:
+            return numbers[0]
+        if knob.name == "net.ipv4.ip_local_port_range" and numbers[0] > numbers[1]:
+            raise SysctlError(f"{knob.name}: low end {numbers[0]} above high end {numbers[1]}")
+        if knob.name in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem") and not (
+            numbers[0] <= numbers[1] <= numbers[2]
+        ):
+            raise SysctlError(f"{knob.name}: expects min <= default <= max")
+        return numbers
