@@ -1,0 +1,96 @@
+"""NAPI and the softirq that polls it (net/core/dev.c).
+
+A frame arriving raises the queue's "interrupt"; the handler masks it and
+schedules the queue's :class:`Napi` on the CPU's poll list
+(``napi_schedule``). :meth:`Softnet.net_rx_action` then polls the listed
+instances, each for at most its ``weight`` frames, until the round's
+``net.core.netdev_budget`` frames or ``netdev_budget_usecs`` are spent. A
+poll that used less than its weight completes (``napi_complete_done``) and
+re-enables its interrupt; one that used all of it goes back on the list. A
+round that ends with work left counts ``time_squeeze``, exactly the third
+column of ``/proc/net/softnet_stat``.
+
+One trio event loop is one CPU, so there is one :class:`Softnet`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..stats import SOFTNET_NAMES, Mib
+from ..sysctl import Sysctl
+
+
+class Napi:
+    """One queue's poll context (``struct napi_struct``)."""
+
+    __slots__ = ("name", "poll", "weight", "scheduled", "on_complete")
+
+    def __init__(self, name: str, poll: Callable[[int], int], weight: int) -> None:
+        self.name = name
+        # poll(budget) processes at most budget frames and returns how many it did.
+        self.poll = poll
+        self.weight = weight
+        self.scheduled = False
+        # Called by napi_complete: re-enables the queue's interrupt.
+        self.on_complete: Callable[[], None] | None = None
+
+
+class Softnet:
+    """The per-CPU ``softnet_data``: the poll list and its counters."""
+
+    def __init__(self, sysctl: Sysctl, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.sysctl = sysctl
+        self.poll_list: deque[Napi] = deque()
+        self.stat = Mib(SOFTNET_NAMES)
+        # Wall time bounds a round (netdev_budget_usecs), as jiffies do in the kernel.
+        self._clock = clock
+        # Called when the poll list goes from empty to non-empty ("raise NET_RX_SOFTIRQ").
+        self.raise_softirq: Callable[[], None] = lambda: None
+        # Called at the end of every round: flush GRO, ring the TX doorbells.
+        self.post_round: list[Callable[[], None]] = []
+
+    def napi_schedule(self, napi: Napi) -> None:
+        """Put *napi* on the poll list unless it is there already (``napi_schedule``)."""
+        if napi.scheduled:
+            return
+        napi.scheduled = True
+        was_empty = not self.poll_list
+        self.poll_list.append(napi)
+        if was_empty:
+            self.raise_softirq()
+
+    def net_rx_action(self) -> bool:
+        """Run one softirq round; True when work is left over (a time squeeze).
+
+        Mirrors net_rx_action: the round budget and time limit are shared by
+        every instance on the list; an instance that used its whole weight is
+        moved to the tail so the others get their turn.
+        """
+        budget = self.sysctl["net.core.netdev_budget"]
+        usecs = self.sysctl["net.core.netdev_budget_usecs"]
+        deadline = self._clock() + usecs / 1e6
+        poll_list = self.poll_list
+        squeezed = False
+        while poll_list:
+            napi = poll_list.popleft()
+            weight = min(napi.weight, self.sysctl["net.core.dev_weight"])
+            work = napi.poll(weight)
+            self.stat["processed"] += work
+            budget -= work
+            if work < weight:
+                # napi_complete_done: nothing left on this queue; re-arm its interrupt.
+                napi.scheduled = False
+                if napi.on_complete is not None:
+                    napi.on_complete()
+            else:
+                poll_list.append(napi)
+            if poll_list and (budget <= 0 or self._clock() > deadline):
+                self.stat["time_squeeze"] += 1
+                squeezed = True
+                break
+        for hook in self.post_round:
+            hook()
+        return squeezed
