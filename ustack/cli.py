@@ -1,0 +1,323 @@
+"""The ``ustack`` command.
+
+``ustack up`` runs a stack in the foreground; every other subcommand is a
+client of a running stack's control socket. User errors (bad address, not
+root, TAP busy, no such stack, bad sysctl) are one line on stderr and exit
+status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from .sysctl import Sysctl, SysctlError
+
+DEFAULT_TAP = "tap0"
+CONTROL_HELP = "control socket (default /run/ustack/TAP.sock)"
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit status 1."""
+
+
+# ---- argument parsing -------------------------------------------------------
+
+
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ustack", description="A userspace TCP/IP stack on a Linux TAP device."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    up = sub.add_parser("up", help="create a TAP and run a stack on it (foreground)")
+    up.add_argument("tap", nargs="?", default=DEFAULT_TAP, help="TAP name (default tap0)")
+    up.add_argument("--addr", default="10.0.0.2/24",
+        help="the stack's address (default 10.0.0.2/24)",
+    )
+    host = up.add_mutually_exclusive_group()
+    host.add_argument(
+        "--host-addr", default="10.0.0.1/24",
+        help="address for the kernel side of the TAP (default 10.0.0.1/24)",
+    )
+    host.add_argument(
+        "--no-host-config", action="store_true", help="leave the kernel side unconfigured"
+    )
+    up.add_argument("--gateway", help="default gateway of the stack")
+    up.add_argument("--mtu", type=int, default=1500, help="MTU of both sides (default 1500)")
+    up.add_argument("--queues", type=int, default=1, help="TAP queues (default 1)")
+    up.add_argument(
+        "--ring-size", type=int, default=256, help="RX and TX descriptors per queue (default 256)"
+    )
+    up.add_argument("--mac", help="the stack's MAC address (default: random, locally administered)")
+    up.add_argument(
+        "--sysctl", action="append", default=[], metavar="NAME=VALUE",
+        help="set a sysctl at start (repeatable)",
+    )
+    up.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
+
+    stat = sub.add_parser("stat", help="counters: Ip/Icmp MIBs, softnet_stat, ethtool -S")
+    stat.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    _add_client_args(stat)
+
+    sysctl = sub.add_parser("sysctl", help="show or set sysctls of a running stack")
+    sysctl.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    sysctl.add_argument("setting", nargs="?", metavar="NAME[=VALUE]")
+    _add_client_args(sysctl)
+
+    ping = sub.add_parser("ping", help="ICMP echo from the stack")
+    ping.add_argument("args", nargs="+", metavar="[TAP] HOST")
+    ping.add_argument("-c", dest="count", type=int, default=3, help="echo requests (default 3)")
+    ping.add_argument("-s", dest="size", type=int, default=56, help="payload bytes (default 56)")
+    ping.add_argument("-i", dest="interval", type=float, default=1.0, help="seconds between")
+    _add_client_args(ping)
+
+    neigh = sub.add_parser("neigh", help="the stack's neighbour (ARP) table, like ip neigh")
+    neigh.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    _add_client_args(neigh)
+
+    route = sub.add_parser("route", help="the stack's routing table, like ip route")
+    route.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    _add_client_args(route)
+    return parser
+
+
+# ---- ustack up ----------------------------------------------------------------
+
+
+def _interface(text: str, what: str) -> ipaddress.IPv4Interface:
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise UserError(f"bad {what} {text!r}: expected an IPv4 address/prefix") from None
+    if "/" not in text:
+        raise UserError(f"bad {what} {text!r}: give a prefix length, e.g. {text}/24")
+    if iface.network.prefixlen > 30 or iface.ip in (
+        iface.network.network_address, iface.network.broadcast_address
+    ):
+        raise UserError(f"bad {what} {text}: not a host address in a usable subnet")
+    return iface
+
+
+def _up_config(args: argparse.Namespace) -> Any:
+    from .daemon import UpConfig, default_control_path
+    from .net.ethernet import parse_mac
+
+    addr = _interface(args.addr, "address")
+    host_addr = None
+    if not args.no_host_config:
+        host_addr = _interface(args.host_addr, "host address")
+        if host_addr.network != addr.network:
+            raise UserError(f"host address {host_addr} is not in the stack's subnet {addr.network}")
+        if host_addr.ip == addr.ip:
+            raise UserError(f"host address and stack address are both {addr.ip}")
+    gateway = None
+    if args.gateway:
+        try:
+            gateway = ipaddress.IPv4Address(args.gateway)
+        except ValueError:
+            raise UserError(f"bad gateway {args.gateway!r}") from None
+        if gateway not in addr.network:
+            raise UserError(f"gateway {gateway} is not in {addr.network}")
+    if not 68 <= args.mtu <= 65535:
+        raise UserError(f"bad MTU {args.mtu}: must be 68..65535")
+    if not 1 <= args.queues <= 256:
+        raise UserError(f"bad queue count {args.queues}: must be 1..256")
+    if not 1 <= args.ring_size <= 65536:
+        raise UserError(f"bad ring size {args.ring_size}: must be 1..65536")
+    if len(args.tap.encode()) > 15 or not args.tap or "/" in args.tap:
+        raise UserError(f"bad interface name {args.tap!r}")
+    sysctl = Sysctl()
+    for item in args.sysctl:
+        sysctl.assign(item)
+    try:
+        mac = parse_mac(args.mac) if args.mac else None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return UpConfig(
+        tap=args.tap, addr=addr, host_addr=host_addr, gateway=gateway, mtu=args.mtu,
+        queues=args.queues, ring_size=args.ring_size,
+        control=args.control or default_control_path(args.tap),
+        host_config=not args.no_host_config, mac=mac, sysctl=sysctl,
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import trio
+
+    from .daemon import run_daemon
+
+    cfg = _up_config(args)
+    if os.geteuid() != 0:
+        raise UserError("ustack up must run as root (it creates a TAP device)")
+    try:
+        trio.run(run_daemon, cfg)
+    except OSError as err:
+        raise UserError(err.strerror or str(err)) from None
+    return 0
+
+
+# ---- clients --------------------------------------------------------------------
+
+
+def _control_path(args: argparse.Namespace, tap: str) -> str:
+    return args.control or f"/run/ustack/{tap}.sock"
+
+
+def request(path: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Send one request to a daemon; yield each line of its answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise UserError(f"no stack is running there (no control socket at {path})") from None
+    except PermissionError:
+        sock.close()
+        raise UserError(f"permission denied on {path}: run as root") from None
+    with sock:
+        sock.sendall(json.dumps(req).encode() + b"\n")
+        with sock.makefile("rb") as f:
+            for line in f:
+                msg = json.loads(line)
+                if "error" in msg:
+                    raise UserError(msg["error"])
+                yield msg
+
+
+def _final(path: str, req: dict[str, Any]) -> Any:
+    result = None
+    for msg in request(path, req):
+        result = msg.get("result", result)
+    return result
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    snap = _final(_control_path(args, args.tap), {"cmd": "stat"})
+    if args.json:
+        print(json.dumps(snap, indent=2))
+        return 0
+    link = snap.pop("link")
+    print(
+        f"{link['name']}: {link['addr']} mac {link['mac']} mtu {link['mtu']} "
+        f"queues {link['queues']}"
+    )
+    for group, counters in snap.items():
+        print(f"\n{group}:")
+        for name, value in counters.items():
+            print(f"    {name:<28} {value}")
+    return 0
+
+
+def cmd_sysctl(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {"cmd": "sysctl"}
+    if args.setting:
+        name, sep, value = args.setting.partition("=")
+        req["name"] = name.strip()
+        if sep:
+            req["value"] = value.strip()
+    result = _final(_control_path(args, args.tap), req)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for name, value in result.items():
+            print(f"{name} = {value}")
+    return 0
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    if len(args.args) > 2:
+        raise UserError("usage: ustack ping [TAP] HOST")
+    tap, host = (args.args if len(args.args) == 2 else [DEFAULT_TAP, args.args[0]])
+    if args.count < 1 or args.size < 0 or args.size > 65507:
+        raise UserError("count must be >= 1 and size 0..65507")
+    req = {"cmd": "ping", "host": host, "count": args.count, "size": args.size,
+           "interval": args.interval}
+    received = 0
+    if not args.json:
+        print(f"PING {host} {args.size}({args.size + 28}) bytes of data, from the stack on {tap}")
+    results = []
+    for msg in request(_control_path(args, tap), req):
+        r = msg.get("progress")
+        if r is None:
+            continue
+        results.append(r)
+        if "time_ms" in r:
+            received += 1
+        if args.json:
+            continue
+        if "time_ms" in r:
+            print(
+                f"{r['bytes']} bytes from {r['from']}: icmp_seq={r['seq']} ttl={r['ttl']} "
+                f"time={r['time_ms']} ms" + ("" if r["ok"] else " (DIFFERENT DATA)")
+            )
+        elif "error" in r:
+            print(f"icmp_seq={r['seq']}: {r['error']}")
+        else:
+            print(f"icmp_seq={r['seq']}: no answer")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        loss = 100 * (len(results) - received) // max(1, len(results))
+        print(f"--- {host} ping statistics ---")
+        print(f"{len(results)} packets transmitted, {received} received, {loss}% packet loss")
+    return 0 if received == len(results) else 1
+
+
+def cmd_neigh(args: argparse.Namespace) -> int:
+    entries = _final(_control_path(args, args.tap), {"cmd": "neigh"})
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for e in entries:
+        lladdr = f" lladdr {e['mac']}" if e.get("mac") else ""
+        print(f"{e['ip']} dev {args.tap}{lladdr} {e['state']}")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    routes = _final(_control_path(args, args.tap), {"cmd": "route"})
+    if args.json:
+        print(json.dumps(routes, indent=2))
+    else:
+        print("\n".join(routes))
+    return 0
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "stat": cmd_stat,
+    "sysctl": cmd_sysctl,
+    "ping": cmd_ping,
+    "neigh": cmd_neigh,
+    "route": cmd_route,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, SysctlError) as err:
+        print(f"ustack: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

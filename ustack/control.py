@@ -1,0 +1,138 @@
+"""The control socket: how ``ustack stat|sysctl|ping|neigh`` reach a daemon.
+
+A Unix stream socket speaking JSON lines. The client sends one request
+``{"cmd": NAME, ...arguments}``; the daemon answers with zero or more
+progress lines (``{"progress": ...}``, e.g. one per ping reply) and ends with
+one line that holds either ``{"result": ...}`` or ``{"error": MESSAGE}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .stack import Stack
+from .sysctl import SysctlError, format_value
+
+MAX_REQUEST = 64 * 1024
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ControlError(Exception):
+    """A request the daemon refuses; its message goes back to the client."""
+
+
+class ControlServer:
+    """Serves requests for one stack."""
+
+    def __init__(self, stack: Stack, path: str) -> None:
+        self.stack = stack
+        self.path = path
+        self.handlers: dict[str, Callable[[dict[str, Any], Send], Awaitable[Any]]] = {
+            "stat": self._stat,
+            "sysctl": self._sysctl,
+            "ping": self._ping,
+            "neigh": self._neigh,
+            "route": self._route,
+        }
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on the control path until cancelled; remove it afterwards."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        try:
+            await sock.bind(self.path)
+            os.chmod(self.path, 0o600)
+            sock.listen(16)
+            listener = trio.SocketListener(sock)
+            task_status.started()
+            await trio.serve_listeners(self._client, [listener])
+        finally:
+            sock.close()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    async def _client(self, stream: trio.abc.Stream) -> None:
+        async with stream:
+            async def send(obj: dict[str, Any]) -> None:
+                await stream.send_all(json.dumps(obj).encode() + b"\n")
+
+            try:
+                request = await self._read_request(stream)
+                handler = self.handlers.get(request.get("cmd", ""))
+                if handler is None:
+                    raise ControlError(f"unknown command {request.get('cmd')!r}")
+                result = await handler(request, send)
+                await send({"result": result})
+            except (ControlError, SysctlError, ValueError) as err:
+                try:
+                    await send({"error": str(err)})
+                except trio.BrokenResourceError:
+                    pass
+            except trio.BrokenResourceError:
+                pass  # the client went away
+
+    @staticmethod
+    async def _read_request(stream: trio.abc.ReceiveStream) -> dict[str, Any]:
+        data = b""
+        while b"\n" not in data:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_REQUEST:
+                raise ControlError("request too large")
+        try:
+            request = json.loads(data.split(b"\n", 1)[0] or b"{}")
+        except json.JSONDecodeError as err:
+            raise ControlError(f"malformed request: {err}") from None
+        if not isinstance(request, dict):
+            raise ControlError("malformed request: not an object")
+        return request
+
+    # ---- commands -----------------------------------------------------------
+
+    async def _stat(self, request: dict[str, Any], send: Send) -> Any:
+        return self.stack.snapshot()
+
+    async def _sysctl(self, request: dict[str, Any], send: Send) -> Any:
+        sysctl = self.stack.sysctl
+        name = request.get("name")
+        value = request.get("value")
+        if name is None:
+            return {k: format_value(v) for k, v in sysctl.items()}
+        if value is not None:
+            sysctl.set(name, str(value))
+        return {name: format_value(sysctl[name])}
+
+    async def _ping(self, request: dict[str, Any], send: Send) -> Any:
+        host = str(request.get("host", ""))
+        count = int(request.get("count", 3))
+        size = int(request.get("size", 56))
+        interval = float(request.get("interval", 1.0))
+        if not 1 <= count <= 100000:
+            raise ControlError("count must be 1..100000")
+        if not 0 <= size <= 65507:
+            raise ControlError("size must be 0..65507")
+        if interval < 0.001:
+            raise ControlError("interval must be at least 0.001 s")
+        results = []
+        async for r in self.stack.ping(host, count=count, size=size, interval=interval):
+            results.append(r)
+            await send({"progress": r})
+        return results
+
+    async def _neigh(self, request: dict[str, Any], send: Send) -> Any:
+        return self.stack.neighbours()
+
+    async def _route(self, request: dict[str, Any], send: Send) -> Any:
+        return [r.describe() for r in self.stack.routes.routes()]

@@ -1,0 +1,80 @@
+"""``ustack up``: a stack on a TAP, in the foreground, with its control socket.
+
+Creates (or attaches to) the TAP, configures the kernel side, runs the stack
+and the control server on one trio loop, prints one line when ready, and on
+SIGINT/SIGTERM stops and removes what it created: the TAP (when ustack made
+it), the kernel-side address and the control socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import trio
+
+from .control import ControlServer
+from .link.host import HostLink
+from .link.tap import Tap
+from .net.ethernet import mac_str
+from .stack import Stack
+from .sysctl import Sysctl
+
+
+@dataclass
+class UpConfig:
+    """Everything ``ustack up`` was asked for, already validated."""
+
+    tap: str
+    addr: ipaddress.IPv4Interface
+    host_addr: ipaddress.IPv4Interface | None
+    gateway: ipaddress.IPv4Address | None
+    mtu: int
+    queues: int
+    ring_size: int
+    control: str
+    host_config: bool = True
+    mac: bytes | None = None
+    sysctl: Sysctl = field(default_factory=Sysctl)
+
+
+def default_control_path(tap: str) -> str:
+    return f"/run/ustack/{tap}.sock"
+
+
+async def run_daemon(cfg: UpConfig) -> None:
+    """Run until SIGINT/SIGTERM; raise OSError subclasses for set-up failures."""
+    existed = os.path.exists(f"/sys/class/net/{cfg.tap}")
+    tap = Tap(cfg.tap, queues=cfg.queues)
+    host: HostLink | None = None
+    try:
+        if cfg.host_config:
+            host = HostLink(cfg.tap)
+            host.configure(cfg.host_addr, cfg.mtu)
+        stack = Stack(
+            tap.queues, cfg.addr, name=cfg.tap, gateway=cfg.gateway, mtu=cfg.mtu, mac=cfg.mac,
+            sysctl=cfg.sysctl, ring_size=cfg.ring_size,
+        )
+        control = ControlServer(stack, cfg.control)
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(stack.run)
+                await nursery.start(control.serve)
+                kernel = str(cfg.host_addr) if cfg.host_addr else "not configured"
+                print(
+                    f"ustack: {cfg.tap} ready: stack {cfg.addr} mac {mac_str(stack.mac)}, "
+                    f"kernel side {kernel}, mtu {cfg.mtu}, queues {cfg.queues}, "
+                    f"control {cfg.control}",
+                    flush=True,
+                )
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+        print(f"ustack: {cfg.tap} stopped", file=sys.stderr, flush=True)
+    finally:
+        tap.close()
+        if host is not None:
+            host.teardown(remove_link=not existed)
