@@ -1,0 +1,34 @@
+"""Two stacks joined by an in-memory wire, for tests under trio's MockClock."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from ustack.link.wire import Wire
+from ustack.stack import Stack
+
+A_MAC = bytes.fromhex("02000000000a")
+B_MAC = bytes.fromhex("02000000000b")
+
+
+def make_pair(mtu: int = 1500, **kwargs) -> tuple[Wire, Stack, Stack]:
+    wire = Wire()
+    a = Stack([wire.a], ipaddress.IPv4Interface("10.0.0.1/24"), name="a", mac=A_MAC, mtu=mtu,
+              **kwargs)
+    b = Stack([wire.b], ipaddress.IPv4Interface("10.0.0.2/24"), name="b", mac=B_MAC, mtu=mtu,
+              **kwargs)
+    return wire, a, b
+
+
+@asynccontextmanager
+async def running(*stacks: Stack) -> AsyncIterator[None]:
+    """Run *stacks* for the duration of the block, then stop them."""
+    async with trio.open_nursery() as nursery:
+        for s in stacks:
+            await nursery.start(s.run)
+        yield
+        nursery.cancel_scope.cancel()
