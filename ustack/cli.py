@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stat = sub.add_parser("stat", help="counters: Ip/Icmp MIBs, softnet_stat, ethtool -S")
     stat.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    stat.add_argument(
+        "-z", "--zeros", action="store_true", help="show zero counters too (like nstat -z)"
+    )
     _add_client_args(stat)
 
     sysctl = sub.add_parser("sysctl", help="show or set sysctls of a running stack")
@@ -215,8 +218,11 @@ def cmd_stat(args: argparse.Namespace) -> int:
         f"queues {link['queues']}"
     )
     for group, counters in snap.items():
+        shown = {k: v for k, v in counters.items() if v or args.zeros}
+        if not shown:
+            continue
         print(f"\n{group}:")
-        for name, value in counters.items():
+        for name, value in shown.items():
             print(f"    {name:<28} {value}")
     return 0
 
