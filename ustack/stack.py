@@ -38,9 +38,11 @@ from .net.ipv4 import LIMITED_BROADCAST, Ipv4, ip_str
 from .net.route import Route, RouteTable
 from .nic.device import NetDevice
 from .nic.napi import Softnet
+from .socket import make_socket, use_for_trio
 from .stats import Stats
 from .sysctl import Sysctl
 from .timer import Timer, TimerList
+from .transport.udp import Udp
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,7 @@ class Stack:
         self.ipv4.frag_expired = lambda quote: self.icmp.send_error(
             quote[12:16], ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME, quote
         )
+        self.udp = Udp(self.sysctl, self.stats, self.ipv4, self.icmp)
         # ptype_base: EtherType -> handler.
         self.ptype: dict[int, Callable[[Packet], None]] = {
             ETH_P_IP: self.ipv4.ip_rcv,
@@ -291,6 +294,14 @@ class Stack:
                     await trio.sleep(max(0.0, sent[seq] + interval - self.now()))
         finally:
             del self.icmp.echo_handlers[ident]
+
+    def socket(self, family: int = 2, type: int = 1, proto: int = 0) -> Any:
+        """``socket(2)``: a trio-native socket on this stack (see ustack.socket)."""
+        return make_socket(self, family, type, proto)
+
+    def use_for_trio(self) -> None:
+        """Make this stack trio's socket factory for the current ``trio.run``."""
+        use_for_trio(self)
 
     def neighbours(self) -> list[dict[str, Any]]:
         return self.arp.entries()
