@@ -1,0 +1,1 @@
+"""Transport protocols: UDP and TCP (``tcp/``)."""
