@@ -21,7 +21,7 @@ def csum_partial(data: Buffer, initial: int = 0) -> int:
     ``csum_partial``): ``csum_partial(b, csum_partial(a))`` equals the sum
     over ``a + b`` as long as ``a`` has an even length.
     """
-    n = len(data)
+    n = data.nbytes if isinstance(data, memoryview) else len(data)
     if n & 1:
         # An odd length is padded with one zero byte (RFC 1071 section 4.1).
         value = int.from_bytes(data, "big") << 8

@@ -54,17 +54,25 @@ class TimerList:
         return heap[0][0] if heap else None
 
     def run_expired(self, now: float) -> int:
-        """Run every timer due at *now*; return how many ran."""
+        """Run every timer due at *now*; return how many ran.
+
+        The due timers are collected first, so a callback that re-arms its
+        timer for a time already past runs again on the next call, not in a
+        loop within this one (as ``__run_timers`` moves expired timers off
+        the wheel before calling them).
+        """
         heap = self._heap
-        ran = 0
+        due: list[Timer] = []
         while heap and heap[0][0] <= now:
             deadline, _, timer = heapq.heappop(heap)
             if timer.deadline != deadline:
                 continue
             timer.deadline = None
+            due.append(timer)
+        for timer in due:
             timer.callback(now)
-            ran += 1
-        return ran
+        return len(due)
 
     def __len__(self) -> int:
-        return sum(1 for d, _, t in self._heap if t.deadline == d)
+        """Pending timers (each counted once, however often it was re-armed)."""
+        return len({id(t) for d, _, t in self._heap if t.deadline == d})

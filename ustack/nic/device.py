@@ -161,8 +161,7 @@ class NetDevice:
             handler(pkt)
         return work
 
-    @staticmethod
-    def _parse_vnet_hdr(pkt: Packet, frame: bytes) -> None:
+    def _parse_vnet_hdr(self, pkt: Packet, frame: bytes) -> None:
         flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(frame)
         if flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID):
             # The local kernel built this frame; a NEEDS_CSUM frame holds only
@@ -172,7 +171,8 @@ class NetDevice:
         if gso_type & 0x7F:
             pkt.gso_type = gso_type
             pkt.gso_size = gso_size
-        pkt.csum_start = csum_start
+        # virtio counts csum_start from the frame; Packet offsets are into the buffer.
+        pkt.csum_start = csum_start + self.vnet_hdr_len
         pkt.csum_offset = csum_offset
 
     # ---- transmit -----------------------------------------------------------
@@ -205,9 +205,11 @@ class NetDevice:
                 skb_checksum_help(pkt)
             n = len(pkt) - vlen
             if n < ETH_ZLEN:
-                # Short frames are padded to the Ethernet minimum, as a NIC does.
+                # Short frames are padded to the Ethernet minimum with zeros, as a
+                # NIC does; never with stale buffer bytes (CVE-2003-0001, Etherleak).
+                del pkt.buf[pkt.tail :]
                 pkt.buf.extend(bytes(ETH_ZLEN - n))
-                pkt.tail += ETH_ZLEN - n
+                pkt.tail = len(pkt.buf)
                 n = ETH_ZLEN
             if link.write_frame(pkt.data()):
                 qs.tx_packets += 1

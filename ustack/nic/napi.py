@@ -63,20 +63,25 @@ class Softnet:
             self.raise_softirq()
 
     def net_rx_action(self) -> bool:
-        """Run one softirq round; True when work is left over (a time squeeze).
+        """Run one softirq round; True when instances are left for the next one.
 
-        Mirrors net_rx_action: the round budget and time limit are shared by
-        every instance on the list; an instance that used its whole weight is
-        moved to the tail so the others get their turn.
+        As net_rx_action since Linux 4.0: every instance listed at the start
+        is polled at most once per round; one that used its whole weight goes
+        on a repoll list that rejoins the poll list, after the instances
+        scheduled meanwhile, when the round ends. The round stops when the
+        shared budget or the netdev_budget_usecs time is spent, and that stop
+        is a ``time_squeeze``.
         """
         budget = self.sysctl["net.core.netdev_budget"]
         usecs = self.sysctl["net.core.netdev_budget_usecs"]
         deadline = self._clock() + usecs / 1e6
-        poll_list = self.poll_list
-        squeezed = False
-        while poll_list:
-            napi = poll_list.popleft()
-            weight = min(napi.weight, self.sysctl["net.core.dev_weight"])
+        work_list = self.poll_list
+        self.poll_list = deque()
+        repoll: list[Napi] = []
+        dev_weight = self.sysctl["net.core.dev_weight"]
+        while work_list:
+            napi = work_list.popleft()
+            weight = min(napi.weight, dev_weight)
             work = napi.poll(weight)
             self.stat["processed"] += work
             budget -= work
@@ -86,11 +91,14 @@ class Softnet:
                 if napi.on_complete is not None:
                     napi.on_complete()
             else:
-                poll_list.append(napi)
-            if poll_list and (budget <= 0 or self._clock() > deadline):
+                repoll.append(napi)
+            if budget <= 0 or self._clock() >= deadline:
                 self.stat["time_squeeze"] += 1
-                squeezed = True
                 break
+        # Unpolled instances first, then those scheduled during the round, then repolls.
+        work_list.extend(self.poll_list)
+        work_list.extend(repoll)
+        self.poll_list = work_list
         for hook in self.post_round:
             hook()
-        return squeezed
+        return bool(work_list)
