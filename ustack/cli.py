@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from .sysctl import Sysctl, SysctlError
 
@@ -27,6 +27,13 @@ class UserError(Exception):
     """An error the user can fix; printed as one line, exit status 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), never a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 # ---- argument parsing -------------------------------------------------------
 
 
@@ -36,10 +43,10 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ustack", description="A userspace TCP/IP stack on a Linux TAP device."
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     up = sub.add_parser("up", help="create a TAP and run a stack on it (foreground)")
@@ -65,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--sysctl", action="append", default=[], metavar="NAME=VALUE",
         help="set a sysctl at start (repeatable)",
+    )
+    up.add_argument(
+        "--serve", action="append", default=[], metavar="NAME[:PORT[:ARG]]",
+        help="run a built-in service on the stack: echo:7, discard:9, chargen:19, "
+        "http:80[:DIR] (repeatable)",
     )
     up.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
 
@@ -94,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser("route", help="the stack's routing table, like ip route")
     route.add_argument("tap", nargs="?", default=DEFAULT_TAP)
     _add_client_args(route)
+
+    ss = sub.add_parser("ss", help="the stack's sockets, like ss -tuanmi")
+    ss.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    _add_client_args(ss)
+
+    nc = sub.add_parser("nc", help="netcat over the stack: stdin/stdout relayed via the daemon")
+    nc.add_argument("args", nargs="+", metavar="[TAP] [HOST] PORT")
+    nc.add_argument("-l", dest="listen", action="store_true", help="listen for one connection")
+    nc.add_argument("-u", dest="udp", action="store_true", help="UDP instead of TCP")
+    nc.add_argument("-N", dest="half_close", action="store_true",
+                    help="shut down the network write side on stdin EOF")
+    nc.add_argument("-q", dest="quit_after", type=float, default=-1.0, metavar="SECS",
+                    help="after stdin EOF, quit after SECS (default: wait for the peer)")
+    nc.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
     return parser
 
 
@@ -117,6 +143,7 @@ def _interface(text: str, what: str) -> ipaddress.IPv4Interface:
 def _up_config(args: argparse.Namespace) -> Any:
     from .daemon import UpConfig, default_control_path
     from .net.ethernet import parse_mac
+    from .services import parse_spec
 
     addr = _interface(args.addr, "address")
     host_addr = None
@@ -146,6 +173,13 @@ def _up_config(args: argparse.Namespace) -> Any:
     for item in args.sysctl:
         sysctl.assign(item)
     try:
+        services = [parse_spec(spec) for spec in args.serve]
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    for spec in services:
+        if spec.arg and not os.path.isdir(spec.arg):
+            raise UserError(f"http document root {spec.arg} is not a directory")
+    try:
         mac = parse_mac(args.mac) if args.mac else None
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -153,7 +187,7 @@ def _up_config(args: argparse.Namespace) -> Any:
         tap=args.tap, addr=addr, host_addr=host_addr, gateway=gateway, mtu=args.mtu,
         queues=args.queues, ring_size=args.ring_size,
         control=args.control or default_control_path(args.tap),
-        host_config=not args.no_host_config, mac=mac, sysctl=sysctl,
+        host_config=not args.no_host_config, mac=mac, sysctl=sysctl, services=services,
     )
 
 
@@ -179,8 +213,8 @@ def _control_path(args: argparse.Namespace, tap: str) -> str:
     return args.control or f"/run/ustack/{tap}.sock"
 
 
-def request(path: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Send one request to a daemon; yield each line of its answer."""
+def _connect_control(path: str) -> socket.socket:
+    """A connected control socket, or a UserError saying why not."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -190,6 +224,15 @@ def request(path: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
     except PermissionError:
         sock.close()
         raise UserError(f"permission denied on {path}: run as root") from None
+    except OSError as err:
+        sock.close()
+        raise UserError(f"cannot reach a stack at {path}: {err.strerror or err}") from None
+    return sock
+
+
+def request(path: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Send one request to a daemon; yield each line of its answer."""
+    sock = _connect_control(path)
     with sock:
         sock.sendall(json.dumps(req).encode() + b"\n")
         with sock.makefile("rb") as f:
@@ -228,6 +271,9 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_sysctl(args: argparse.Namespace) -> int:
+    if args.setting is None and args.tap.startswith("net."):
+        # One word given and it is a sysctl name: it is NAME[=VALUE], not a TAP.
+        args.tap, args.setting = DEFAULT_TAP, args.tap
     req: dict[str, Any] = {"cmd": "sysctl"}
     if args.setting:
         name, sep, value = args.setting.partition("=")
@@ -302,6 +348,111 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ss(args: argparse.Namespace) -> int:
+    rows = _final(_control_path(args, args.tap), {"cmd": "ss"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'Netid':<6}{'State':<12}{'Recv-Q':>7}{'Send-Q':>8}  "
+          f"{'Local Address:Port':<22}{'Peer Address:Port':<22}")
+    for r in rows:
+        print(f"{r['netid']:<6}{r['state']:<12}{r['recv_q']:>7}{r['send_q']:>8}  "
+              f"{r['local']:<22}{r['peer']:<22}")
+        info = r.get("info")
+        if r["netid"] == "tcp" and info:
+            print(
+                f"\t skmem:(r{info['recv_q']},rb{info['rcvbuf']},t{info['send_q']},"
+                f"tb{info['sndbuf']}) {info['ca']} wscale:{info['snd_wscale']},"
+                f"{info['rcv_wscale']} rto:{info['rto']:g} rtt:{info['rtt']:g}/"
+                f"{info['rttvar']:g} ato:{info['ato']:g} mss:{info['snd_mss']} "
+                f"rcvmss:{info['rcv_mss']} advmss:{info['advmss']} cwnd:{info['snd_cwnd']} "
+                f"ssthresh:{info['ssthresh']} bytes_acked:{info['bytes_acked']} "
+                f"bytes_received:{info['bytes_received']} segs_out:{info['segs_out']} "
+                f"segs_in:{info['segs_in']} unacked:{info['unacked']} "
+                f"retrans:{info['retransmits']}/{info['retrans']} snd_wnd:{info['snd_wnd']} "
+                f"rcv_wnd:{info['rcv_wnd']}" + (" orphan" if r.get("orphan") else "")
+            )
+        elif r["state"] == "LISTEN":
+            print(f"\t syn_queue:{r['syn_queue']}")
+    return 0
+
+
+def _nc_target(args: argparse.Namespace) -> tuple[str, str, int]:
+    """[TAP] [HOST] PORT -> (tap, host, port); HOST is optional only with -l."""
+    words = list(args.args)
+    if not 1 <= len(words) <= 3:
+        raise UserError("usage: ustack nc [TAP] [-l] [-u] [-N] HOST PORT")
+    try:
+        port = int(words.pop())
+    except ValueError:
+        raise UserError(f"bad port {args.args[-1]!r}") from None
+    if not 0 < port < 65536:
+        raise UserError(f"bad port {port}: must be 1..65535")
+    tap, host = DEFAULT_TAP, ""
+    if len(words) == 2:
+        tap, host = words
+    elif len(words) == 1:
+        try:
+            ipaddress.IPv4Address(words[0])
+            host = words[0]
+        except ValueError:
+            tap = words[0]
+    if not host and not args.listen:
+        raise UserError("ustack nc: a HOST is needed unless listening (-l)")
+    return tap, host, port
+
+
+def cmd_nc(args: argparse.Namespace) -> int:
+    import select
+    import struct
+    import time
+
+    tap, host, port = _nc_target(args)
+    path = _control_path(args, tap)
+    sock = _connect_control(path)
+    req = {"cmd": "nc", "host": host, "port": port, "listen": args.listen, "udp": args.udp,
+           "half_close": args.half_close}
+    sock.sendall(json.dumps(req).encode() + b"\n")
+    buf = b""
+    while True:  # status lines until "connected"; the rest is the peer's data
+        while b"\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise UserError("the daemon closed the connection")
+            buf += chunk
+        line, _, buf = buf.partition(b"\n")
+        msg = json.loads(line)
+        if "error" in msg:
+            raise UserError(msg["error"])
+        if msg.get("progress") == "connected":
+            break
+    out = sys.stdout.buffer
+    if buf:
+        out.write(buf)
+        out.flush()
+    stdin_fd: int | None = sys.stdin.fileno() if sys.stdin is not None else None
+    deadline: float | None = None
+    while True:
+        fds = [sock] + ([stdin_fd] if stdin_fd is not None else [])
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if not ready and deadline is not None:
+            return 0
+        if sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return 0
+            out.write(data)
+            out.flush()
+        if stdin_fd is not None and stdin_fd in ready:
+            data = os.read(stdin_fd, 65536)
+            sock.sendall(struct.pack("!I", len(data)) + data)
+            if not data:
+                stdin_fd = None
+                if args.quit_after >= 0:
+                    deadline = time.monotonic() + args.quit_after
+
+
 COMMANDS = {
     "up": cmd_up,
     "stat": cmd_stat,
@@ -309,6 +460,8 @@ COMMANDS = {
     "ping": cmd_ping,
     "neigh": cmd_neigh,
     "route": cmd_route,
+    "ss": cmd_ss,
+    "nc": cmd_nc,
 }
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import trio
 
+from .net.ipv4 import ip_str
+from .services.nc import nc_tcp, nc_udp
 from .stack import Stack
 from .sysctl import SysctlError, format_value
 
@@ -39,6 +41,7 @@ class ControlServer:
             "ping": self._ping,
             "neigh": self._neigh,
             "route": self._route,
+            "ss": self._ss,
         }
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -67,13 +70,16 @@ class ControlServer:
                 await stream.send_all(json.dumps(obj).encode() + b"\n")
 
             try:
-                request = await self._read_request(stream)
+                request, leftover = await self._read_request(stream)
+                if request.get("cmd") == "nc":
+                    await self._nc(request, send, stream, leftover)
+                    return
                 handler = self.handlers.get(request.get("cmd", ""))
                 if handler is None:
                     raise ControlError(f"unknown command {request.get('cmd')!r}")
                 result = await handler(request, send)
                 await send({"result": result})
-            except (ControlError, SysctlError, ValueError) as err:
+            except (ControlError, SysctlError, ValueError, OSError) as err:
                 try:
                     await send({"error": str(err)})
                 except trio.BrokenResourceError:
@@ -82,7 +88,7 @@ class ControlServer:
                 pass  # the client went away
 
     @staticmethod
-    async def _read_request(stream: trio.abc.ReceiveStream) -> dict[str, Any]:
+    async def _read_request(stream: trio.abc.ReceiveStream) -> tuple[dict[str, Any], bytes]:
         data = b""
         while b"\n" not in data:
             chunk = await stream.receive_some(4096)
@@ -91,13 +97,14 @@ class ControlServer:
             data += chunk
             if len(data) > MAX_REQUEST:
                 raise ControlError("request too large")
+        line, _, leftover = data.partition(b"\n")
         try:
-            request = json.loads(data.split(b"\n", 1)[0] or b"{}")
+            request = json.loads(line or b"{}")
         except json.JSONDecodeError as err:
             raise ControlError(f"malformed request: {err}") from None
         if not isinstance(request, dict):
             raise ControlError("malformed request: not an object")
-        return request
+        return request, leftover
 
     # ---- commands -----------------------------------------------------------
 
@@ -136,3 +143,60 @@ class ControlServer:
 
     async def _route(self, request: dict[str, Any], send: Send) -> Any:
         return [r.describe() for r in self.stack.routes.routes()]
+
+    async def _ss(self, request: dict[str, Any], send: Send) -> Any:
+        return sockets_table(self.stack)
+
+    async def _nc(self, request: dict[str, Any], send: Send, stream: trio.abc.Stream,
+                  leftover: bytes) -> None:
+        """``ustack nc``: connect or listen on the stack, then relay raw bytes.
+
+        After one ``{"progress": "connected", ...}`` line the control
+        connection carries the data: what the client writes goes to the peer;
+        what the peer sends comes back. The client's EOF (stdin closed)
+        half-closes the TCP connection when ``half_close`` (-N) is set.
+        """
+        host = str(request.get("host") or "")
+        port = int(request.get("port", 0))
+        if not 0 < port < 65536:
+            raise ControlError(f"bad port {port}")
+        if request.get("udp"):
+            await nc_udp(self.stack, bool(request.get("listen")), host, port, send, stream,
+                         leftover)
+        else:
+            await nc_tcp(self.stack, bool(request.get("listen")), host, port,
+                         bool(request.get("half_close")), send, stream, leftover)
+
+
+def sockets_table(stack: Stack) -> list[dict[str, Any]]:
+    """Every socket like ``ss -tuanmi``: state, queues, addresses, TCP info."""
+    rows: list[dict[str, Any]] = []
+    tcp = stack.tcp
+    for listener in tcp.listeners.values():
+        rows.append({
+            "netid": "tcp", "state": "LISTEN", "recv_q": listener.accept_queue_len,
+            "send_q": listener.backlog, "local": _addr(listener.local_ip, listener.port),
+            "peer": "0.0.0.0:*", "syn_queue": listener.syn_queue_len,
+        })
+    for conn in tcp.connections():
+        info = conn.info()
+        rows.append({
+            "netid": "tcp", "state": info["state"], "recv_q": info["recv_q"],
+            "send_q": info["send_q"], "local": _addr(conn.local_ip, conn.local_port),
+            "peer": _addr(conn.remote_ip, conn.remote_port), "orphan": conn.orphan,
+            "info": info,
+        })
+    for socks in stack.udp.ports.values():
+        for sk in socks:
+            assert sk.local is not None
+            rows.append({
+                "netid": "udp", "state": "ESTAB" if sk.remote else "UNCONN",
+                "recv_q": sk.rmem, "send_q": 0, "local": _addr(*sk.local),
+                "peer": _addr(*sk.remote) if sk.remote else "0.0.0.0:*",
+                "info": {"rcvbuf": sk.rcvbuf, "sndbuf": sk.sndbuf},
+            })
+    return rows
+
+
+def _addr(ip: bytes, port: int) -> str:
+    return f"{ip_str(ip)}:{port}"

@@ -9,18 +9,16 @@ it), the kernel-side address and the control socket.
 from __future__ import annotations
 
 import ipaddress
-import os
 import signal
 import sys
 from dataclasses import dataclass, field
 
 import trio
 
+from .api import open_stack
 from .control import ControlServer
-from .link.host import HostLink
-from .link.tap import Tap
 from .net.ethernet import mac_str
-from .stack import Stack
+from .services import ServiceSpec, run_service
 from .sysctl import Sysctl
 
 
@@ -37,6 +35,7 @@ class UpConfig:
     ring_size: int
     control: str
     host_config: bool = True
+    services: list[ServiceSpec] = field(default_factory=list)
     mac: bytes | None = None
     sysctl: Sysctl = field(default_factory=Sysctl)
 
@@ -47,34 +46,26 @@ def default_control_path(tap: str) -> str:
 
 async def run_daemon(cfg: UpConfig) -> None:
     """Run until SIGINT/SIGTERM; raise OSError subclasses for set-up failures."""
-    existed = os.path.exists(f"/sys/class/net/{cfg.tap}")
-    tap = Tap(cfg.tap, queues=cfg.queues)
-    host: HostLink | None = None
-    try:
-        if cfg.host_config:
-            host = HostLink(cfg.tap)
-            host.configure(cfg.host_addr, cfg.mtu)
-        stack = Stack(
-            tap.queues, cfg.addr, name=cfg.tap, gateway=cfg.gateway, mtu=cfg.mtu, mac=cfg.mac,
-            sysctl=cfg.sysctl, ring_size=cfg.ring_size,
-        )
+    async with open_stack(
+        cfg.tap, str(cfg.addr), str(cfg.host_addr) if cfg.host_addr else None,
+        gateway=str(cfg.gateway) if cfg.gateway else None, mtu=cfg.mtu, queues=cfg.queues,
+        ring_size=cfg.ring_size, mac=cfg.mac, sysctl=cfg.sysctl, host_config=cfg.host_config,
+    ) as stack:
         control = ControlServer(stack, cfg.control)
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                await nursery.start(stack.run)
+                for spec in cfg.services:
+                    await nursery.start(run_service, spec, stack)
                 await nursery.start(control.serve)
                 kernel = str(cfg.host_addr) if cfg.host_addr else "not configured"
                 print(
                     f"ustack: {cfg.tap} ready: stack {cfg.addr} mac {mac_str(stack.mac)}, "
                     f"kernel side {kernel}, mtu {cfg.mtu}, queues {cfg.queues}, "
-                    f"control {cfg.control}",
+                    f"control {cfg.control}"
+                    + "".join(f", {s.name} on {s.port}" for s in cfg.services),
                     flush=True,
                 )
                 async for _ in signals:
                     break
             nursery.cancel_scope.cancel()
-        print(f"ustack: {cfg.tap} stopped", file=sys.stderr, flush=True)
-    finally:
-        tap.close()
-        if host is not None:
-            host.teardown(remove_link=not existed)
+    print(f"ustack: {cfg.tap} stopped", file=sys.stderr, flush=True)

@@ -42,6 +42,7 @@ from .socket import make_socket, use_for_trio
 from .stats import Stats
 from .sysctl import Sysctl
 from .timer import Timer, TimerList
+from .transport.tcp_ipv4 import TcpV4
 from .transport.udp import Udp
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Stack:
             quote[12:16], ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME, quote
         )
         self.udp = Udp(self.sysctl, self.stats, self.ipv4, self.icmp)
+        self.tcp = TcpV4(self.sysctl, self.stats, self.ipv4, self.timers, self.now)
         # ptype_base: EtherType -> handler.
         self.ptype: dict[int, Callable[[Packet], None]] = {
             ETH_P_IP: self.ipv4.ip_rcv,

@@ -389,7 +389,7 @@ def fragment(header: Buffer, payload: Buffer, mtu: int) -> list[bytes]:
     hlen = (header[0] & 0x0F) * 4
     if hlen < IP_MIN_HLEN or len(header) < hlen:
         raise ValueError(f"bad IPv4 header length {hlen}")
-    if mtu - hlen < 1:
+    if mtu - hlen < 8:
         raise ValueError(f"mtu {mtu} leaves no room for {hlen} header bytes + 8 data bytes")
     data = memoryview(payload)
     total = len(data)

@@ -1,0 +1,64 @@
+"""The in-process entry point: ``async with ustack.open_stack(...) as stack``.
+
+Creates (or attaches to) the TAP, configures the kernel side, starts the
+stack's tasks in a nursery, and on exit stops them and removes what it
+created. The daemon (``ustack up``) is this plus a control socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from .link.host import HostLink
+from .link.tap import Tap
+from .stack import Stack
+from .sysctl import Sysctl
+
+
+@asynccontextmanager
+async def open_stack(
+    tap: str = "tap0",
+    addr: str = "10.0.0.2/24",
+    host_addr: str | None = "10.0.0.1/24",
+    *,
+    gateway: str | None = None,
+    mtu: int = 1500,
+    queues: int = 1,
+    ring_size: int = 256,
+    mac: bytes | None = None,
+    sysctl: Sysctl | None = None,
+    host_config: bool = True,
+) -> AsyncIterator[Stack]:
+    """Run a stack on TAP *tap* for the duration of the ``async with`` block.
+
+    *host_addr* is given to the kernel's side of the TAP (None: bring it up
+    without an address; ``host_config=False``: leave the kernel side alone).
+    Raises OSError subclasses with one-line messages (TAP busy, not root).
+    """
+    iface = ipaddress.IPv4Interface(addr)
+    host_iface = ipaddress.IPv4Interface(host_addr) if host_addr else None
+    gw = ipaddress.IPv4Address(gateway) if gateway else None
+    existed = os.path.exists(f"/sys/class/net/{tap}")
+    link = Tap(tap, queues=queues)
+    host: HostLink | None = None
+    try:
+        if host_config:
+            host = HostLink(tap)
+            host.configure(host_iface, mtu)
+        stack = Stack(link.queues, iface, name=tap, gateway=gw, mtu=mtu, mac=mac,
+                      sysctl=sysctl, ring_size=ring_size)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stack.run)
+            try:
+                yield stack
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        link.close()
+        if host is not None:
+            host.teardown(remove_link=not existed)

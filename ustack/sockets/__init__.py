@@ -1,0 +1,1 @@
+"""Socket implementations per protocol; the public entry is ``ustack.socket``."""

@@ -1,0 +1,468 @@
+"""``TcpConnection``: the transmission control block and its user calls.
+
+The receive path is in input.py, the transmit path in output.py, the timers
+in timers.py; this module holds the TCB (RFC 9293 section 3.3.1 names), the
+user interface of RFC 9293 section 3.10 (OPEN, SEND, RECEIVE, CLOSE, ABORT
+and shutdown) and what the socket layer reads (state, error, info()).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from ustack.stats import Stats
+from ustack.sysctl import Sysctl
+
+from .congestion import Reno
+from .input import TCP_ATO_MIN, TcpInput
+from .options import TCP_MAX_WSCALE
+from .output import TcpOutput
+from .reassembly import OfoQueue
+from .seq import after, seq_add, seq_sub
+from .state import TcpState
+from .timers import TCP_TIMEOUT_INIT, TCP_TIMEWAIT_LEN, TcpTimers
+
+_SEND_STATES = frozenset((TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT1,
+                          TcpState.CLOSING, TcpState.LAST_ACK))
+_SYN_STATES = frozenset((TcpState.SYN_SENT, TcpState.SYN_RECV))
+_RST_ON_ABORT = frozenset((TcpState.SYN_RECV, TcpState.ESTABLISHED, TcpState.FIN_WAIT1,
+                           TcpState.FIN_WAIT2, TcpState.CLOSE_WAIT, TcpState.CLOSING,
+                           TcpState.LAST_ACK))
+
+
+def _select_wscale(space: int) -> int:
+    """Our window-scale shift: enough to offer *space* bytes (``tcp_select_initial_window``)."""
+    wscale = 0
+    while space > 65535 and wscale < TCP_MAX_WSCALE:
+        space >>= 1
+        wscale += 1
+    return wscale
+
+
+class TcpConnection(TcpInput, TcpOutput, TcpTimers):
+    """One TCP connection, sans-IO.
+
+    Every method that takes *now* may append segments to ``out`` and move
+    ``next_deadline()``; see the package docstring for the contract.
+    """
+
+    def __init__(
+        self,
+        local_ip: bytes,
+        local_port: int,
+        remote_ip: bytes,
+        remote_port: int,
+        sysctl: Sysctl,
+        stats: Stats,
+        mss: int,
+        now: float,
+        iss: int | None = None,
+    ) -> None:
+        self.local_ip = local_ip
+        self.local_port = local_port
+        self.remote_ip = remote_ip
+        self.remote_port = remote_port
+        self.sysctl = sysctl
+        self.stats = stats
+        self.state = TcpState.CLOSED
+        #: An OSError with the kernel's errno once the connection failed, else None.
+        self.error: OSError | None = None
+        #: Called when anything a blocked user may wait for changed.
+        self.wakeup: Callable[[], None] | None = None
+        #: Called at the end of a user call (send, recv, close, ...) that may have
+        #: queued segments or moved the deadline, so the glue can flush ``out``.
+        self.on_output: Callable[[], None] | None = None
+        #: Segments to transmit, oldest first; the glue drains it after every call.
+        self.out: list = []
+        #: The TcpListener this passive connection came from, while not yet accepted.
+        self.listener: Any = None
+        self.orphan = False
+        self._wake = False
+
+        self.mss = mss  # what we advertise (advmss)
+        self.snd_mss = min(mss, 536)
+        self.rcv_mss = self.snd_mss
+        wmem = sysctl["net.ipv4.tcp_wmem"]
+        rmem = sysctl["net.ipv4.tcp_rmem"]
+        self.sndbuf: int = wmem[1]
+        self.rcvbuf: int = rmem[1]
+        self.sndbuf_locked = False
+
+        # Send sequence variables (RFC 9293 3.3.1); snd_max is the highest SND.NXT
+        # ever sent, which SND.NXT falls back from after a retransmission timeout.
+        self.iss = secrets.randbits(32) if iss is None else iss & 0xFFFFFFFF
+        self.snd_una = self.snd_nxt = self.snd_max = self.iss
+        self.snd_wnd = 0
+        self.snd_wl1 = self.snd_wl2 = 0
+        self.snd_wscale = 0
+        self.max_window = 0
+        self.snd_sml = self.iss
+        self._sndq = bytearray()
+        self._sndq_seq = seq_add(self.iss, 1)
+        self._fin_queued = False
+        self._shut_wr = False
+        # Receive sequence variables; rcv_wup is RCV.NXT as of the last window sent.
+        self.irs = 0
+        self.rcv_nxt = self.rcv_wup = 0
+        self.rcv_wnd = 0
+        space = max(rmem[2], self.rcvbuf)
+        self.rcv_wscale = _select_wscale(space) if sysctl["net.ipv4.tcp_window_scaling"] else 0
+        self._rcvq = bytearray()
+        self._ofo = OfoQueue()
+        self._fin_seq: int | None = None
+        self.fin_received = False
+        self._shut_rd = False
+        # Negotiated options.
+        self.wscale_ok = self.sack_ok = self.ts_ok = False
+        self.ts_recent = 0
+        self.ts_offset = int.from_bytes(os.urandom(4), "big") if iss is None else self.iss
+        # RTT and retransmission (RFC 6298).
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = TCP_TIMEOUT_INIT
+        self._rtt_seq: int | None = None
+        self._rtt_time = 0.0
+        self.retransmits = 0
+        self.backoff = 0
+        self.probes_out = 0
+        # Congestion control.
+        self.ca = Reno()
+        self.cwnd = 0
+        self.ssthresh = 0
+        self.cwnd_acc = 0
+        self.dupacks = 0
+        self.in_recovery = False
+        self.recover = self.iss
+        self.ca.init(self)
+        # Delayed ACK (icsk_ack).
+        self._ack_pending = False
+        self._ack_now = False
+        self.quick = 0
+        self.ato = TCP_ATO_MIN
+        self._ato_started = False
+        self._last_data_recv = now
+        # Timers.
+        self._rto_at: float | None = None
+        self._probe_at: float | None = None
+        self._delack_at: float | None = None
+        self._ka_at: float | None = None
+        self._tw_at: float | None = None
+        self.last_rcv = now
+        # User options (setsockopt).
+        self.nodelay = False
+        self.cork = False
+        self._keepalive = False
+        self.keepidle = float(sysctl["net.ipv4.tcp_keepalive_time"])
+        self.keepintvl = float(sysctl["net.ipv4.tcp_keepalive_intvl"])
+        self.keepcnt: int = sysctl["net.ipv4.tcp_keepalive_probes"]
+        # Per-connection counters for info().
+        self.segs_in = self.segs_out = 0
+        self.bytes_acked = self.bytes_received = 0
+        self.total_retrans = 0
+        self.lost = 0
+
+    def __repr__(self) -> str:
+        return (f"<TcpConnection {self.local_port}->{self.remote_port} {self.state.name} "
+                f"una={self.snd_una} nxt={self.snd_nxt} rcv_nxt={self.rcv_nxt}>")
+
+    # -- state helpers -------------------------------------------------------
+
+    def state_can_send(self) -> bool:
+        return self.state in _SEND_STATES
+
+    def state_is_syn(self) -> bool:
+        return self.state in _SYN_STATES
+
+    def state_is_syn_recv(self) -> bool:
+        return self.state is TcpState.SYN_RECV
+
+    def fin_sent(self) -> bool:
+        """Our FIN has been transmitted at least once."""
+        return self._fin_queued and after(self.snd_max, seq_add(self._sndq_seq, len(self._sndq)))
+
+    def fin_acked(self) -> bool:
+        """Our FIN has been acknowledged."""
+        return self._fin_queued and after(self.snd_una, seq_add(self._sndq_seq, len(self._sndq)))
+
+    def _set_state(self, new: TcpState) -> None:
+        """Change state and keep CurrEstab/EstabResets/AttemptFails (``tcp_set_state``)."""
+        old = self.state
+        if old is new:
+            return
+        mib = self.stats.tcp
+        if new is TcpState.ESTABLISHED:
+            mib["CurrEstab"] += 1
+            if self._keepalive:
+                self._ka_at = self.last_rcv + self.keepidle
+        elif new is TcpState.CLOSE_WAIT and old is TcpState.SYN_RECV:
+            mib["CurrEstab"] += 1
+        elif old in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and new is not TcpState.CLOSE_WAIT:
+            mib["CurrEstab"] -= 1
+            if new is TcpState.CLOSED:
+                mib["EstabResets"] += 1
+        if new is TcpState.CLOSED and old in _SYN_STATES:
+            mib["AttemptFails"] += 1
+        self.state = new
+        self._wake = True
+
+    def _done(self, err: int | None) -> None:
+        """Move to CLOSED, stop every timer and record *err* (``tcp_done``)."""
+        if err is not None and self.error is None:
+            self.error = OSError(err, os.strerror(err))
+        listener = self.listener
+        self._set_state(TcpState.CLOSED)
+        self._rto_at = self._probe_at = self._delack_at = self._ka_at = self._tw_at = None
+        self._ack_pending = False
+        self._ofo.clear()
+        if listener is not None:
+            listener._child_closed(self)
+        self._wake = True
+
+    def _enter_time_wait(self, now: float) -> None:
+        """TIME-WAIT for 2 * MSL (``tcp_time_wait``); only FIN retransmissions matter now."""
+        self._set_state(TcpState.TIME_WAIT)
+        self._rto_at = self._probe_at = self._delack_at = self._ka_at = None
+        self._tw_at = now + TCP_TIMEWAIT_LEN
+        self._ack_now = self._ack_pending = True
+
+    def _queue_fin(self) -> None:
+        """Queue our FIN behind the data and move to the next closing state."""
+        self._fin_queued = True
+        if self.state is TcpState.ESTABLISHED:
+            self._set_state(TcpState.FIN_WAIT1)
+        elif self.state is TcpState.CLOSE_WAIT:
+            self._set_state(TcpState.LAST_ACK)
+
+    def _sndbuf_expand(self) -> None:
+        """Send-buffer autotuning: room for two congestion windows (``tcp_sndbuf_expand``)."""
+        if not self.sndbuf_locked:
+            want = min(2 * self.cwnd, self.sysctl["net.ipv4.tcp_wmem"][2])
+            if want > self.sndbuf:
+                self.sndbuf = want
+
+    def _flush_wakeup(self) -> None:
+        if self._wake:
+            self._wake = False
+            if self.wakeup is not None:
+                self.wakeup()
+
+    def _user_done(self) -> None:
+        self._flush_wakeup()
+        if self.on_output is not None:
+            self.on_output()
+
+    # -- what the socket layer reads -----------------------------------------
+
+    @property
+    def readable_bytes(self) -> int:
+        """Bytes ``recv`` can return now."""
+        return len(self._rcvq)
+
+    @property
+    def eof(self) -> bool:
+        """The peer's FIN arrived (or reading was shut down) and every byte was read."""
+        return (self.fin_received or self._shut_rd) and not self._rcvq
+
+    @property
+    def send_space(self) -> int:
+        """Free send-buffer bytes; 0 once sending is no longer possible."""
+        if self._shut_wr or (self.state not in _SEND_STATES and not self.state_is_syn()):
+            return 0
+        return max(self.sndbuf - len(self._sndq), 0)
+
+    @property
+    def keepalive(self) -> bool:
+        """SO_KEEPALIVE; enabling it arms the keepalive timer from the last receive."""
+        return self._keepalive
+
+    @keepalive.setter
+    def keepalive(self, on: bool) -> None:
+        self._keepalive = bool(on)
+        self._ka_at = self.last_rcv + self.keepidle if on and not self.state_is_syn() else None
+
+    # -- user calls (RFC 9293 3.10) -------------------------------------------
+
+    def connect(self, now: float) -> None:
+        """Active OPEN: send a SYN (``tcp_connect``); counts ActiveOpens."""
+        if self.state is not TcpState.CLOSED or self.snd_max != self.iss:
+            raise OSError(errno.EISCONN, os.strerror(errno.EISCONN))
+        self.stats.tcp["ActiveOpens"] += 1
+        self._set_state(TcpState.SYN_SENT)
+        self._last_data_recv = now
+        self._send_syn(now)
+        self._user_done()
+
+    def open_passive(self, syn: Any, now: float) -> None:
+        """Become the SYN-RECEIVED child of a listener for the SYN *syn*; send the SYN-ACK."""
+        self.irs = syn.seq
+        self.rcv_nxt = self.rcv_wup = seq_add(syn.seq, 1)
+        self.rcv_wnd = min(self.rcvbuf, 65535)
+        self._negotiate(syn)
+        self.snd_wnd = self.max_window = syn.window
+        self.snd_wl1 = syn.seq
+        self.last_rcv = self._last_data_recv = now
+        self._set_state(TcpState.SYN_RECV)
+        self._send_syn(now)
+
+    def _check_send(self) -> None:
+        if self._shut_wr or (self.state not in _SEND_STATES and not self.state_is_syn()):
+            if self.error is not None:
+                raise self.error
+            raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """SEND: queue as much of *data* as the send buffer takes and return that count.
+
+        Returns 0 when the buffer is full. Raises the pending error, or EPIPE
+        after shutdown(SHUT_WR)/close() or once the connection is gone.
+        Data queued before the handshake completes is sent after it.
+        """
+        self._check_send()
+        n = min(len(data), self.sndbuf - len(self._sndq))
+        if n <= 0:
+            return 0
+        self._sndq += data[:n] if n < len(data) else data
+        self._write_xmit(now)
+        self._user_done()
+        return n
+
+    def recv(self, n: int, now: float) -> bytes:
+        """RECEIVE: up to *n* bytes in order; b"" only at end of stream.
+
+        Raises the pending error (ECONNRESET, ETIMEDOUT, ...) once the queue
+        is empty, and BlockingIOError (EAGAIN) when there is simply nothing
+        yet. Reading may open the window; a window update goes out when it
+        grew a lot (``tcp_cleanup_rbuf``).
+        """
+        q = self._rcvq
+        if not q:
+            if self.error is not None:
+                raise self.error
+            if self.eof or self.state is TcpState.CLOSED:
+                return b""
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        data = bytes(q[:n])
+        del q[:n]
+        if self.state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2):
+            cur = seq_sub(seq_add(self.rcv_wup, self.rcv_wnd), self.rcv_nxt)
+            free = self.rcvbuf - len(q) - self._ofo.nbytes
+            if 2 * cur <= self.rcvbuf and free >= 2 * cur and free - cur >= self.rcv_mss:
+                self._send_ack(now)
+        self._user_done()
+        return data
+
+    def shutdown(self, how: int, now: float) -> None:
+        """shutdown(2): SHUT_WR queues a FIN after the data; SHUT_RD ends reading."""
+        if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+            self._shut_rd = True
+            self._wake = True
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr:
+            self._shut_wr = True
+            state = self.state
+            if state is TcpState.SYN_SENT:
+                self._done(None)
+            elif state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+                self._queue_fin()
+                self._write_xmit(now)
+            # In SYN-RECEIVED the FIN waits for ESTABLISHED (RFC 9293 3.10.4).
+            self._wake = True
+        self._user_done()
+
+    def close(self, now: float) -> None:
+        """CLOSE (``tcp_close``): FIN after the data, or RST if unread data is dropped.
+
+        The connection becomes an orphan: it finishes the close handshake on
+        its own, with tcp_orphan_retries and the tcp_fin_timeout limit on
+        FIN-WAIT-2, and the glue forgets it once ``state`` is CLOSED.
+        """
+        self.orphan = True
+        self._shut_rd = True
+        state = self.state
+        if state in (TcpState.CLOSED, TcpState.LISTEN):
+            pass
+        elif self._rcvq or self._ofo:
+            # RFC 2525 2.17: closing with unread data resets (TCPAbortOnClose).
+            self.stats.tcpext["TCPAbortOnClose"] += 1
+            self._rcvq.clear()
+            if state in _RST_ON_ABORT:
+                self._send_rst(now)
+            self._done(None)
+        elif state is TcpState.SYN_SENT:
+            self._done(None)
+        elif not self._shut_wr:
+            self._shut_wr = True
+            if state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+                self._queue_fin()
+                self._write_xmit(now)
+        if self.state is TcpState.FIN_WAIT2 and self._tw_at is None:
+            self._tw_at = now + self.sysctl["net.ipv4.tcp_fin_timeout"]
+        self._wake = True
+        self._user_done()
+
+    def abort(self, now: float) -> None:
+        """ABORT: send RST if the peer knows us and drop everything (``tcp_disconnect``)."""
+        if self.state in _RST_ON_ABORT:
+            self._send_rst(now)
+        self._rcvq.clear()
+        self._sndq.clear()
+        self._shut_wr = self._shut_rd = True
+        self.orphan = True
+        if self.state is not TcpState.CLOSED:
+            self._done(None)
+        self._user_done()
+
+    def set_nodelay(self, on: bool, now: float) -> None:
+        """TCP_NODELAY; turning it on pushes held data (``tcp_push_pending_frames``)."""
+        self.nodelay = bool(on)
+        if on:
+            self._write_xmit(now)
+        self._user_done()
+
+    def set_cork(self, on: bool, now: float) -> None:
+        """TCP_CORK: hold partial segments; uncorking pushes them."""
+        self.cork = bool(on)
+        if not on:
+            self._write_xmit(now)
+        self._user_done()
+
+    # -- TCP_INFO ------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Like TCP_INFO / ``ss -ti``: times in ms, cwnd in segments."""
+        mss = self.snd_mss
+        return {
+            "state": self.state.name,
+            "rto": round(self.rto * 1000, 3),
+            "rtt": round((self.srtt or 0.0) * 1000, 3),
+            "rttvar": round(self.rttvar * 1000, 3),
+            "snd_cwnd": max(self.cwnd // mss, 1) if mss else 0,
+            "ssthresh": self.ssthresh // mss if mss else 0,
+            "snd_mss": mss,
+            "rcv_mss": self.rcv_mss,
+            "advmss": self.mss,
+            "snd_wscale": self.snd_wscale,
+            "rcv_wscale": self.rcv_wscale,
+            "unacked": self.flight_size(),
+            "retransmits": self.retransmits,
+            "retrans": self.total_retrans,
+            "lost": self.lost,
+            "backoff": self.backoff,
+            "probes": self.probes_out,
+            "snd_wnd": self.snd_wnd,
+            "rcv_wnd": self.rcv_wnd,
+            "bytes_acked": self.bytes_acked,
+            "bytes_received": self.bytes_received,
+            "segs_in": self.segs_in,
+            "segs_out": self.segs_out,
+            "recv_q": len(self._rcvq),
+            "send_q": len(self._sndq),
+            "sndbuf": self.sndbuf,
+            "rcvbuf": self.rcvbuf,
+            "ato": round(self.ato * 1000, 3),
+            "ca": self.ca.name,
+        }

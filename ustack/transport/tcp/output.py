@@ -1,0 +1,262 @@
+"""The sending half of a connection (net/ipv4/tcp_output.c).
+
+Every segment a connection emits goes through ``_transmit``
+(``tcp_transmit_skb``): it fills in ACK, window and options, appends the
+Segment to ``self.out`` and counts it. ``_write_xmit`` (``tcp_write_xmit``)
+decides how much queued data may go now: the peer's window, the congestion
+window, sender silly-window avoidance (RFC 1122 section 4.2.3.4) and Nagle
+(RFC 896 with the kernel's Minshall variant, ``tcp_nagle_check``). Segments
+are cut to ``size_goal`` bytes; that single value is what a TSO/GSO issue
+raises to 64 KB (``tcp_xmit_size_goal``).
+"""
+
+from __future__ import annotations
+
+from .header import ACK, FIN, PSH, RST, SYN, Segment
+from .options import TcpOptions
+from .seq import SEQ_MASK, after, before, seq_add, seq_sub
+
+
+def rst_for(seg: Segment) -> Segment | None:
+    """The RST that answers *seg* when no connection wants it.
+
+    RFC 9293 section 3.10.7.1 (``tcp_v4_send_reset``): if the segment has an
+    ACK, the reset takes its sequence number from SEG.ACK; otherwise it has
+    sequence 0 and acknowledges SEG.SEQ + SEG.LEN. Nothing answers a RST.
+    The caller builds it with its own address as source and counts
+    ``OutSegs`` and ``OutRsts`` (as ``tcp_v4_send_reset`` does).
+    """
+    if seg.flags & RST:
+        return None
+    if seg.flags & ACK:
+        return Segment(seg.dport, seg.sport, seg.ack, 0, RST, 0)
+    return Segment(seg.dport, seg.sport, 0, seq_add(seg.seq, seg.seg_len), RST | ACK, 0)
+
+
+class TcpOutput:
+    """Mixin of :class:`TcpConnection` with the transmit path."""
+
+    # -- primitives ---------------------------------------------------------
+
+    def _ts_now(self, now: float) -> int:
+        """Our TSval clock: milliseconds plus a per-connection offset (RFC 7323 7.1)."""
+        return (int(now * 1000) + self.ts_offset) & SEQ_MASK
+
+    @property
+    def size_goal(self) -> int:
+        """Bytes per segment the sender builds (``tcp_xmit_size_goal``)."""
+        return self.snd_mss
+
+    def flight_size(self) -> int:
+        """Bytes sent and not yet acknowledged (RFC 5681 FlightSize)."""
+        return seq_sub(self.snd_nxt, self.snd_una)
+
+    def _select_window(self) -> int:
+        """The 16-bit window field to send now (``tcp_select_window``).
+
+        The offer is the free receive-buffer space, moved only in steps of at
+        least min(rcvbuf / 2, MSS) (receiver SWS avoidance, RFC 1122
+        4.2.3.3, ``__tcp_select_window``) and never so that the right edge
+        already offered moves left (RFC 9293 3.8.6.2.2).
+        """
+        cur = seq_sub(seq_add(self.rcv_wup, self.rcv_wnd), self.rcv_nxt)
+        if cur < 0:
+            cur = 0
+        free = self.rcvbuf - len(self._rcvq) - self._ofo.nbytes
+        ws = self.rcv_wscale
+        limit = 65535 << ws
+        if free > limit:
+            free = limit
+        new = cur if free - cur < min(self.rcvbuf >> 1, self.rcv_mss) else free
+        wire = new >> ws
+        if (wire << ws) < cur:
+            wire += 1
+        if wire > 65535:
+            wire = 65535
+        self.rcv_wnd = wire << ws
+        self.rcv_wup = self.rcv_nxt
+        return wire
+
+    def _transmit(self, flags: int, seq: int, payload: bytes | bytearray, now: float) -> None:
+        """Emit one segment (``tcp_transmit_skb``); every ACK-bearing one carries our window."""
+        opts = None
+        if self.ts_ok:
+            opts = TcpOptions(ts_val=self._ts_now(now), ts_ecr=self.ts_recent)
+        if self.sack_ok and self._ofo:
+            if opts is None:
+                opts = TcpOptions()
+            opts.sack = self._ofo.sack_blocks(3 if self.ts_ok else 4)
+        if flags & ACK:
+            window = self._select_window()
+            ack = self.rcv_nxt
+            # tcp_event_ack_sent: this segment acknowledges all we owe.
+            self._ack_pending = False
+            self._ack_now = False
+            self._delack_at = None
+            if self.quick:
+                self.quick -= 1
+        else:
+            window = 0
+            ack = 0
+        self.out.append(Segment(self.local_port, self.remote_port, seq, ack, flags, window,
+                                opts, payload))
+        self.segs_out += 1
+        mib = self.stats.tcp
+        mib["OutSegs"] += 1
+        if flags & RST:
+            mib["OutRsts"] += 1
+
+    def _send_ack(self, now: float) -> None:
+        """A pure ACK (``tcp_send_ack``)."""
+        self._transmit(ACK, self.snd_nxt, b"", now)
+
+    def _send_challenge_ack(self, now: float) -> None:
+        """RFC 5961 challenge ACK (``tcp_send_challenge_ack``), not rate-limited here."""
+        self.stats.tcpext["TCPChallengeACK"] += 1
+        self._send_ack(now)
+
+    def _send_syn(self, now: float) -> None:
+        """SYN (``tcp_connect``) or SYN-ACK (``tcp_make_synack``) with our options."""
+        opts = TcpOptions(mss=self.mss)
+        if self.state_is_syn_recv():
+            flags, ack = SYN | ACK, self.rcv_nxt
+            if self.wscale_ok:
+                opts.wscale = self.rcv_wscale
+            opts.sack_ok = self.sack_ok
+            if self.ts_ok:
+                opts.ts_val, opts.ts_ecr = self._ts_now(now), self.ts_recent
+            self._ack_pending = False
+        else:
+            flags, ack = SYN, 0
+            sysctl = self.sysctl
+            if sysctl["net.ipv4.tcp_window_scaling"]:
+                opts.wscale = self.rcv_wscale
+            opts.sack_ok = bool(sysctl["net.ipv4.tcp_sack"])
+            if sysctl["net.ipv4.tcp_timestamps"]:
+                opts.ts_val = self._ts_now(now)
+        # RFC 7323 2.2: the window in a SYN is never scaled.
+        window = min(self.rcvbuf, 65535)
+        self.out.append(Segment(self.local_port, self.remote_port, self.iss, ack, flags,
+                                window, opts, b""))
+        self.segs_out += 1
+        self.stats.tcp["OutSegs"] += 1
+        if self.snd_max == self.iss:
+            self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
+            self._rtt_seq, self._rtt_time = self.snd_max, now
+        else:
+            self._count_retrans()
+        if self._rto_at is None:
+            self._rto_at = now + self.rto
+
+    def _send_rst(self, now: float) -> None:
+        """Reset the peer (``tcp_send_active_reset``) from SND.NXT."""
+        self._transmit(RST | ACK, self.snd_nxt, b"", now)
+
+    def _count_retrans(self) -> None:
+        self.stats.tcp["RetransSegs"] += 1
+        self.total_retrans += 1
+        # Karn's algorithm (RFC 6298 section 3): no RTT sample from a retransmission.
+        self._rtt_seq = None
+
+    # -- data ---------------------------------------------------------------
+
+    def _send_data(self, seq: int, n: int, fin: bool, now: float) -> None:
+        """Send *n* queued bytes from *seq* (plus FIN) and account for them."""
+        off = seq_sub(seq, self._sndq_seq)
+        payload = self._sndq[off : off + n] if n else b""
+        flags = ACK
+        end = seq_add(seq, n)
+        if fin:
+            flags |= FIN
+            end = seq_add(end, 1)
+        if n and off + n == len(self._sndq):
+            flags |= PSH
+        self._transmit(flags, seq, payload, now)
+        if before(seq, self.snd_max):
+            self._count_retrans()
+        elif self._rtt_seq is None and not self.ts_ok:
+            self._rtt_seq, self._rtt_time = end, now
+        if n < self.snd_mss:
+            self.snd_sml = end
+        if after(end, self.snd_nxt):
+            self.snd_nxt = end
+        if after(end, self.snd_max):
+            self.snd_max = end
+        if self._rto_at is None:
+            self._rto_at = now + self.rto
+        self._probe_at = None
+
+    def _write_xmit(self, now: float) -> None:
+        """Send what the windows, SWS avoidance, Nagle and cork allow (``tcp_write_xmit``)."""
+        if not self.state_can_send():
+            return
+        goal = self.size_goal
+        sndq_end = seq_add(self._sndq_seq, len(self._sndq))
+        fin_pending = self._fin_queued
+        while True:
+            snd_nxt = self.snd_nxt
+            unsent = seq_sub(sndq_end, snd_nxt)
+            wnd_avail = seq_sub(seq_add(self.snd_una, self.snd_wnd), snd_nxt)
+            if unsent <= 0:
+                # Only the FIN may be left; it needs one byte of window (RFC 9293 3.8.6).
+                if fin_pending and unsent == 0 and wnd_avail > 0:
+                    self._send_data(snd_nxt, 0, True, now)
+                break
+            in_flight = seq_sub(snd_nxt, self.snd_una)
+            n = min(unsent, goal, wnd_avail, self.cwnd - in_flight)
+            if n <= 0:
+                break
+            last = n == unsent
+            if n < goal:
+                if not last:
+                    # Window- or cwnd-limited piece of a longer queue: RFC 1122
+                    # 4.2.3.4 sends it only if it is half the largest window seen.
+                    if n < self.cwnd - in_flight and n >= (self.max_window >> 1) > 0:
+                        pass
+                    else:
+                        break
+                elif not fin_pending and (
+                    self.cork
+                    or (not self.nodelay and in_flight > 0 and after(self.snd_sml, self.snd_una)
+                        and not after(self.snd_sml, snd_nxt))
+                ):
+                    # tcp_nagle_check with tcp_minshall_check: hold a small
+                    # segment while an earlier small one is unacknowledged.
+                    break
+            self._send_data(snd_nxt, n, last and fin_pending and wnd_avail > n, now)
+        if self.snd_nxt == self.snd_una and (
+            seq_sub(sndq_end, self.snd_nxt) > 0 or (fin_pending and not self.fin_sent())
+        ):
+            # Nothing in flight, data waits for the window: persist (tcp_check_probe_timer).
+            if self._probe_at is None and not self.cork:
+                self._probe_at = now + self._backoff_rto()
+
+    def _retransmit_head(self, now: float) -> None:
+        """Resend the first unacked segment, even beyond the window (``tcp_retransmit_skb``)."""
+        if self.state_is_syn():
+            self._send_syn(now)
+            return
+        sndq_end = seq_add(self._sndq_seq, len(self._sndq))
+        n = min(self.size_goal, max(seq_sub(sndq_end, self.snd_una), 0))
+        fin = self._fin_queued and seq_add(self.snd_una, n) == sndq_end
+        if n or fin:
+            self._send_data(self.snd_una, n, fin, now)
+
+    def _write_wakeup(self, now: float) -> bool:
+        """Window probe (``tcp_write_wakeup``): new data if the window has room, else an old byte.
+
+        Returns True when a segment went out.
+        """
+        if not self.state_can_send():
+            return False
+        wnd_avail = seq_sub(seq_add(self.snd_una, self.snd_wnd), self.snd_nxt)
+        sndq_end = seq_add(self._sndq_seq, len(self._sndq))
+        unsent = seq_sub(sndq_end, self.snd_nxt)
+        if wnd_avail > 0 and (unsent > 0 or (self._fin_queued and not self.fin_sent())):
+            n = min(unsent, wnd_avail, self.size_goal)
+            fin = self._fin_queued and n == unsent and wnd_avail > n
+            self._send_data(self.snd_nxt, n, fin, now)
+            return True
+        # tcp_xmit_probe_skb: SEG.SEQ = SND.UNA - 1 makes the peer answer with an ACK.
+        self._transmit(ACK, seq_add(self.snd_una, -1), b"", now)
+        return True

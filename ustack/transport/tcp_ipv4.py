@@ -1,0 +1,271 @@
+"""TCP over IPv4: the glue between the sans-IO core and the stack (tcp_ipv4.c).
+
+``tcp_v4_rcv`` checks the checksum, parses the segment, finds its connection
+in the established hash (4-tuple), else a listener on the port, else answers
+with a RST (``tcp_v4_send_reset``). After every call into a connection or
+listener the glue drains what it queued (``out``) into ``ip_output`` and
+re-arms its one timer in the stack's timer list. The bind table enforces the
+kernel's port rules (``inet_csk_bind_conflict``) and picks ephemeral ports
+(``inet_hash_connect``).
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ..buffer import CHECKSUM_UNNECESSARY, Packet
+from ..net.ipv4 import IPPROTO_TCP, Ipv4, iph_dst, iph_src
+from ..stats import Stats
+from ..sysctl import Sysctl
+from ..timer import Timer, TimerList
+from .tcp import (
+    TcpConnection,
+    TcpListener,
+    TcpState,
+    build_segment,
+    parse_segment,
+    rst_for,
+    tcp_checksum_ok,
+)
+from .udp import ANY
+
+Key = tuple[bytes, int, bytes, int]  # local ip, local port, remote ip, remote port
+
+
+class Binding:
+    """One bound local address and port (an entry of the kernel's bind bucket)."""
+
+    __slots__ = ("addr", "port", "reuseaddr", "listening", "released")
+
+    def __init__(self, addr: bytes, port: int, reuseaddr: bool) -> None:
+        self.addr = addr
+        self.port = port
+        self.reuseaddr = reuseaddr
+        self.listening = False
+        self.released = False
+
+
+class TcpV4:
+    """The TCP protocol of one stack: tables, demux, output, timers."""
+
+    def __init__(self, sysctl: Sysctl, stats: Stats, ipv4: Ipv4, timers: TimerList,
+                 clock: Callable[[], float]) -> None:
+        self.sysctl = sysctl
+        self.stats = stats
+        self.ipv4 = ipv4
+        self.timers = timers
+        self.clock = clock
+        self.ehash: dict[Key, TcpConnection] = {}
+        self.listeners: dict[int, TcpListener] = {}
+        self.bhash: dict[int, list[Binding]] = {}
+        self._timers: dict[TcpConnection, Timer] = {}
+        # The binding each connection keeps alive (released when it is gone).
+        self._conn_binding: dict[TcpConnection, Binding] = {}
+        ipv4.protos[IPPROTO_TCP] = self.tcp_v4_rcv
+
+    @property
+    def mss(self) -> int:
+        """The MSS we advertise: route MTU minus IP and TCP headers (tcp_mss_to_mtu)."""
+        return self.ipv4.mtu - 40
+
+    # ---- receive ------------------------------------------------------------
+
+    def tcp_v4_rcv(self, pkt: Packet) -> None:
+        tcp = self.stats.tcp
+        data = pkt.data()
+        saddr = iph_src(pkt)
+        daddr = iph_dst(pkt)
+        if daddr != self.ipv4.addr:
+            # TCP to a broadcast address is never ours (tcp_v4_rcv: pkt_type != HOST).
+            self.stats.drop("TCP_NOT_UNICAST")
+            return
+        if pkt.ip_summed != CHECKSUM_UNNECESSARY and not tcp_checksum_ok(saddr, daddr, data):
+            tcp["InCsumErrors"] += 1
+            tcp["InErrs"] += 1
+            return
+        seg = parse_segment(data)
+        if seg is None:
+            tcp["InErrs"] += 1
+            return
+        tcp["InSegs"] += 1
+        now = self.clock()
+        conn = self.ehash.get((daddr, seg.dport, saddr, seg.sport))
+        if conn is not None:
+            conn.segment_arrives(seg, now)
+            self.process(conn)
+            return
+        listener = self.listeners.get(seg.dport)
+        if listener is not None and listener.local_ip in (ANY, daddr):
+            child = listener.segment_arrives(seg, saddr, now, local_ip=daddr)
+            self._drain(listener.out, daddr, saddr)
+            if child is not None:
+                self._adopt(child, listener)
+            return
+        rst = rst_for(seg)
+        if rst is not None:
+            tcp["OutSegs"] += 1
+            tcp["OutRsts"] += 1
+            self._xmit(rst, daddr, saddr)
+
+    # ---- output and timers --------------------------------------------------
+
+    def _xmit(self, seg: Any, saddr: bytes, daddr: bytes) -> None:
+        pkt = build_segment(seg, saddr, daddr)
+        self.ipv4.ip_output(pkt, daddr, IPPROTO_TCP, src=saddr, df=True)
+
+    def _drain(self, out: list, saddr: bytes, daddr: bytes) -> None:
+        if not out:
+            return
+        segs = out[:]
+        out.clear()
+        for seg in segs:
+            self._xmit(seg, saddr, daddr)
+
+    def process(self, conn: TcpConnection) -> None:
+        """After any call into *conn*: transmit, re-arm its timer, forget it if closed."""
+        self._drain(conn.out, conn.local_ip, conn.remote_ip)
+        timer = self._timers.get(conn)
+        if conn.state is TcpState.CLOSED:
+            self._unhash(conn)
+            return
+        if timer is not None:
+            self.timers.mod_timer(timer, conn.next_deadline())
+
+    def _on_timer(self, conn: TcpConnection, now: float) -> None:
+        conn.on_timer(now)
+        self.process(conn)
+
+    def _hash(self, conn: TcpConnection) -> None:
+        key = (conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
+        self.ehash[key] = conn
+        timer = Timer(lambda now, c=conn: self._on_timer(c, now))
+        self._timers[conn] = timer
+        conn.on_output = lambda c=conn: self.process(c)
+
+    def _unhash(self, conn: TcpConnection) -> None:
+        key = (conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
+        if self.ehash.get(key) is conn:
+            del self.ehash[key]
+        timer = self._timers.pop(conn, None)
+        if timer is not None:
+            self.timers.mod_timer(timer, None)
+        binding = self._conn_binding.pop(conn, None)
+        if binding is not None and binding.released:
+            self._remove_binding(binding)
+
+    def _adopt(self, child: TcpConnection, listener: TcpListener) -> None:
+        """A listener made a SYN-RECEIVED child: hash it; it shares the port."""
+        self._hash(child)
+        parent = next((b for b in self.bhash.get(listener.port, ()) if b.listening), None)
+        binding = Binding(child.local_ip, child.local_port,
+                          parent.reuseaddr if parent is not None else False)
+        binding.released = True  # owned by the connection alone until accepted
+        self.bhash.setdefault(child.local_port, []).append(binding)
+        self._conn_binding[child] = binding
+        self.process(child)
+
+    # ---- ports --------------------------------------------------------------
+
+    def bind(self, addr: bytes, port: int, reuseaddr: bool) -> Binding:
+        """``inet_csk_get_port``: claim (addr, port); port 0 picks an ephemeral one."""
+        if addr not in (ANY, self.ipv4.addr):
+            raise OSError(errno.EADDRNOTAVAIL, "cannot assign requested address")
+        if port == 0:
+            port = self._ephemeral()
+        for other in self.bhash.get(port, ()):
+            if other.addr != addr and ANY not in (other.addr, addr):
+                continue
+            # SO_REUSEADDR on both lets a port be shared unless one of them listens.
+            if not (reuseaddr and other.reuseaddr and not other.listening):
+                raise OSError(errno.EADDRINUSE, "address already in use")
+        binding = Binding(addr, port, reuseaddr)
+        self.bhash.setdefault(port, []).append(binding)
+        return binding
+
+    def _ephemeral(self) -> int:
+        low, high = self.sysctl["net.ipv4.ip_local_port_range"]
+        span = high - low + 1
+        start = random.randrange(span)
+        for i in range(span):
+            port = low + (start + i) % span
+            if port not in self.bhash:
+                return port
+        raise OSError(errno.EADDRNOTAVAIL, "no free ephemeral port")
+
+    def _remove_binding(self, binding: Binding) -> None:
+        entries = self.bhash.get(binding.port)
+        if entries and binding in entries:
+            entries.remove(binding)
+            if not entries:
+                del self.bhash[binding.port]
+
+    def release(self, binding: Binding, conn: TcpConnection | None) -> None:
+        """The socket owning *binding* closed; free it once *conn* is gone too."""
+        binding.released = True
+        binding.listening = False
+        if conn is None or conn not in self._timers:
+            self._remove_binding(binding)
+        else:
+            self._conn_binding[conn] = binding
+
+    # ---- user operations ----------------------------------------------------
+
+    def connect(self, binding: Binding | None, daddr: bytes, dport: int, reuseaddr: bool,
+                setup: Callable[[TcpConnection], None] | None = None,
+                ) -> tuple[TcpConnection, Binding]:
+        """``tcp_v4_connect``: pick the source, hash the connection, send the SYN.
+
+        *setup* applies socket options to the new connection before its SYN
+        is built (the MSS and window it advertises depend on them).
+        """
+        if self.ipv4.routes.lookup(daddr) is None:
+            self.stats.ip["OutNoRoutes"] += 1
+            raise OSError(errno.ENETUNREACH, "network is unreachable")
+        if binding is None:
+            binding = self.bind(ANY, 0, reuseaddr)
+        saddr = self.ipv4.addr if binding.addr == ANY else binding.addr
+        key = (saddr, binding.port, daddr, dport)
+        if key in self.ehash:
+            raise OSError(errno.EADDRNOTAVAIL, "4-tuple already in use")
+        conn = TcpConnection(saddr, binding.port, daddr, dport, self.sysctl, self.stats,
+                             self.mss, self.clock())
+        self._hash(conn)
+        if setup is not None:
+            setup(conn)
+        conn.connect(self.clock())
+        self.process(conn)
+        return conn, binding
+
+    def listen(self, binding: Binding, backlog: int) -> TcpListener:
+        """``inet_csk_listen_start``: the port must not be shared with a listener."""
+        for other in self.bhash.get(binding.port, ()):
+            if other is not binding and (other.listening or not other.reuseaddr
+                                         or not binding.reuseaddr):
+                if other.addr == binding.addr or ANY in (other.addr, binding.addr):
+                    raise OSError(errno.EADDRINUSE, "address already in use")
+        listener = TcpListener(binding.addr, binding.port, backlog, self.sysctl, self.stats,
+                               self.mss)
+        binding.listening = True
+        self.listeners[binding.port] = listener
+        return listener
+
+    def close_listener(self, listener: TcpListener) -> None:
+        if self.listeners.get(listener.port) is listener:
+            del self.listeners[listener.port]
+        for child in listener.close(self.clock()):
+            self.process(child)
+
+    def accepted(self, conn: TcpConnection) -> Binding:
+        """An accepted child's binding now belongs to its socket."""
+        binding = self._conn_binding.pop(conn, None)
+        if binding is None:
+            binding = Binding(conn.local_ip, conn.local_port, False)
+            self.bhash.setdefault(conn.local_port, []).append(binding)
+        binding.released = False
+        return binding
+
+    def connections(self) -> list[TcpConnection]:
+        return list(self.ehash.values())
