@@ -10,6 +10,7 @@ semantics (SO_RCVBUF doubling, TCP_NODELAY pushing held data, ...).
 from __future__ import annotations
 
 import errno
+import operator
 import socket as _stdlib
 import struct
 from typing import TYPE_CHECKING, Any
@@ -207,6 +208,7 @@ class TcpSocket(StackSocket):
 
     async def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to *bufsize* bytes; b"" at end of stream; raises ECONNRESET etc."""
+        bufsize = operator.index(bufsize)  # TypeError for non-integers, as socket.recv
         conn = self._connected()
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import operator
 import socket as _stdlib
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,9 @@ class UdpSocket(StackSocket):
 
     async def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int]]:
         """Receive one datagram; excess beyond *bufsize* is discarded, as in the kernel."""
+        bufsize = operator.index(bufsize)
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recvfrom")
         self._check_open()
         if self._recv_busy:
             raise trio.BusyResourceError("another task is already receiving on this socket")

@@ -1,0 +1,312 @@
+"""The socket API over two stacks on the in-memory wire.
+
+trio's own conformance test for half-closeable streams runs over ustack
+sockets; trio's high-level API runs over the stack as its socket factory;
+errors carry the kernel's errno; the blocking facade drives the same sockets
+from threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import itertools
+import socket
+import threading
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+from stackpair import make_pair, running
+
+from ustack.blocking import BlockingStack, LoopThread
+from ustack.link.wire import Wire
+from ustack.stack import Stack
+from ustack.transport.tcp import TcpState
+
+_ports = itertools.count(20000)
+
+
+def run(fn, mock: bool = True) -> None:
+    if mock:
+        trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+    else:
+        trio.run(fn)
+
+
+async def connected_pair(a: Stack, b: Stack) -> tuple[trio.SocketStream, trio.SocketStream]:
+    port = next(_ports)
+    lsock = b.socket()
+    await lsock.bind(("", port))
+    lsock.listen(1)
+    client = a.socket()
+    async with trio.open_nursery() as n:
+        n.start_soon(client.connect, ("10.0.0.2", port))
+        server, _ = await lsock.accept()
+    lsock.close()
+    return trio.SocketStream(client), trio.SocketStream(server)
+
+
+def test_trio_check_half_closeable_stream():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            await trio.testing.check_half_closeable_stream(
+                lambda: connected_pair(a, b), None
+            )
+
+    run(main, mock=False)
+
+
+def test_unmodified_trio_highlevel_api_over_the_factory():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            a.use_for_trio()
+
+            async def upper(stream):
+                async for data in stream:
+                    await stream.send_all(data.upper())
+
+            lsock = b.socket()
+            await lsock.bind(("", 8080))
+            lsock.listen(16)
+            async with trio.open_nursery() as n:
+                n.start_soon(trio.serve_listeners, upper, [trio.SocketListener(lsock)])
+                stream = await trio.open_tcp_stream("10.0.0.2", 8080)
+                await stream.send_all(b"over ustack")
+                assert await stream.receive_some() == b"OVER USTACK"
+                await stream.aclose()
+                # trio.serve_tcp on the factory stack: kernel-style listener from trio.
+                listeners = await n.start(trio.serve_tcp, upper, 9090)
+                assert listeners[0].socket.getsockname() == ("0.0.0.0", 9090)
+                c = b.socket()
+                await c.connect(("10.0.0.1", 9090))
+                await c.sendall(b"served by serve_tcp")
+                assert await c.recv(100) == b"SERVED BY SERVE_TCP"
+                c.close()
+                with pytest.raises(socket.gaierror):
+                    await trio.open_tcp_stream("no-such-host.example", 80)
+                n.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_refused_and_timeout_errnos():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            s = a.socket()
+            with pytest.raises(ConnectionRefusedError) as e:
+                await s.connect(("10.0.0.2", 4))
+            assert e.value.errno == errno.ECONNREFUSED
+            # b drops everything: SYN retries (tcp_syn_retries 6) end in ETIMEDOUT.
+            wire.a.tx_filter = lambda f: None
+            t0 = trio.current_time()
+            s2 = a.socket()
+            with pytest.raises(OSError) as e:
+                await s2.connect(("10.0.0.2", 5))
+            assert e.value.errno == errno.ETIMEDOUT
+            assert 120 < trio.current_time() - t0 < 140  # 1+2+4+8+16+32+64 s
+
+    run(main)
+    assert a.stats.tcp["AttemptFails"] == 2
+
+
+def test_reset_pipe_notconn_addrinuse():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            lsock = b.socket()
+            await lsock.bind(("", 7777))
+            lsock.listen(4)
+            other = b.socket()
+            with pytest.raises(OSError) as e:
+                await other.bind(("", 7777))
+            assert e.value.errno == errno.EADDRINUSE
+            fresh = a.socket()
+            with pytest.raises(OSError) as e:
+                await fresh.recv(10)
+            assert e.value.errno == errno.ENOTCONN
+            c = a.socket()
+            await c.connect(("10.0.0.2", 7777))
+            srv, _ = await lsock.accept()
+            await c.sendall(b"unread")
+            await trio.sleep(0.5)
+            srv.close()  # unread data: RST, not FIN (RFC 2525 2.17)
+            await trio.sleep(0.5)
+            with pytest.raises(ConnectionResetError):
+                await c.recv(10)
+            c2 = a.socket()
+            await c2.connect(("10.0.0.2", 7777))
+            c2.shutdown(socket.SHUT_WR)
+            with pytest.raises(BrokenPipeError):
+                await c2.send(b"after shutdown")
+            assert c2.did_shutdown_SHUT_WR
+            c2.close()
+            assert c2.fileno() == -1
+            with pytest.raises(OSError) as e:
+                await c2.send(b"x")
+            assert e.value.errno == errno.EBADF
+
+    run(main)
+    assert b.stats.tcpext["TCPAbortOnClose"] == 1
+    assert a.stats.tcp["EstabResets"] >= 1
+
+
+def test_time_wait_lasts_60_seconds():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            lsock = b.socket()
+            await lsock.bind(("", 80))
+            lsock.listen(4)
+            c = a.socket()
+            await c.connect(("10.0.0.2", 80))
+            srv, _ = await lsock.accept()
+            c.close()  # the active closer ends in TIME_WAIT
+            assert await srv.recv(10) == b""
+            srv.close()
+            await trio.sleep(1)
+            states = [x.state for x in a.tcp.connections()]
+            assert states == [TcpState.TIME_WAIT]
+            await trio.sleep(58)
+            assert [x.state for x in a.tcp.connections()] == [TcpState.TIME_WAIT]
+            await trio.sleep(2)
+            assert a.tcp.connections() == []
+            assert b.tcp.connections() == []
+
+    run(main)
+
+
+def test_listen_backlog_overflow_is_counted_and_recovers():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            lsock = b.socket()
+            await lsock.bind(("", 81))
+            lsock.listen(1)  # the accept queue holds backlog + 1 = 2 (sk_acceptq_is_full)
+            clients = [a.socket() for _ in range(3)]
+            async with trio.open_nursery() as n:
+                for c in clients[:2]:
+                    await c.connect(("10.0.0.2", 81))  # handshakes complete, not accepted
+                n.start_soon(clients[2].connect, ("10.0.0.2", 81))
+                await trio.sleep(0.5)
+                # The third SYN finds the accept queue full and is dropped.
+                assert b.stats.tcpext["ListenOverflows"] == 1
+                assert clients[2].conn.state is TcpState.SYN_SENT
+                for _ in range(3):  # accepting makes room; the SYN retransmit gets in
+                    s, _ = await lsock.accept()
+                    s.close()
+            assert b.stats.tcp["PassiveOpens"] == 3
+
+    run(main)
+
+
+def test_simultaneous_syns_beyond_the_syn_queue_are_dropped_then_retried():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            lsock = b.socket()
+            await lsock.bind(("", 82))
+            lsock.listen(1)
+            clients = [a.socket() for _ in range(5)]
+            async with trio.open_nursery() as n:
+                for c in clients:
+                    n.start_soon(c.connect, ("10.0.0.2", 82))
+                await trio.sleep(0.5)
+                assert b.stats.tcpext["ListenDrops"] >= 1
+                for _ in range(5):
+                    s, _ = await lsock.accept()
+                    s.close()
+            assert b.stats.tcp["PassiveOpens"] == 5
+
+    run(main)
+
+
+def test_bulk_transfer_both_ways_sha256():
+    wire, a, b = make_pair()
+    data = hashlib.sha256(b"seed").digest() * 100_000  # 3.2 MB
+
+    async def main():
+        async with running(a, b):
+            up, down = await connected_pair(a, b)
+
+            async def pump(src, dst, payload):
+                await src.send_all(payload)
+                await src.send_eof()
+
+            async def drain(stream):
+                h = hashlib.sha256()
+                async for chunk in stream:
+                    h.update(chunk)
+                return h.hexdigest()
+
+            results = {}
+
+            async def collect(name, stream):
+                results[name] = await drain(stream)
+
+            async with trio.open_nursery() as n:
+                n.start_soon(pump, up, down, data)
+                n.start_soon(pump, down, up, data[::-1])
+                n.start_soon(collect, "at_b", down)
+                n.start_soon(collect, "at_a", up)
+            assert results["at_b"] == hashlib.sha256(data).hexdigest()
+            assert results["at_a"] == hashlib.sha256(data[::-1]).hexdigest()
+
+    run(main)
+
+
+def test_blocking_facade_from_threads():
+    @asynccontextmanager
+    async def opener():
+        wire = Wire()
+        a = Stack([wire.a], ipaddress.IPv4Interface("10.0.0.1/24"), name="a")
+        b = Stack([wire.b], ipaddress.IPv4Interface("10.0.0.2/24"), name="b")
+        async with running(a, b):
+            yield a, b
+
+    loop = LoopThread(opener)
+    try:
+        a_stack, b_stack = loop.value
+        a, b = BlockingStack(loop, a_stack), BlockingStack(loop, b_stack)
+        lsock = b.socket()
+        lsock.bind(("", 5000))
+        lsock.listen(1)
+        received = []
+
+        def server():
+            conn, addr = lsock.accept()
+            while chunk := conn.recv(65536):
+                received.append(chunk)
+            conn.sendall(b"done")
+            conn.close()
+
+        t = threading.Thread(target=server)
+        t.start()
+        c = a.socket()
+        c.settimeout(10)
+        c.connect(("10.0.0.2", 5000))
+        c.sendall(b"z" * 1_000_000)
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(10) == b"done"
+        c.close()
+        t.join(10)
+        assert b"".join(received) == b"z" * 1_000_000
+        u = a.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            u.recvfrom(10)
+        assert a.ping("10.0.0.2")[0]["ok"]
+    finally:
+        loop.close()
