@@ -236,10 +236,12 @@ class Stack:
             dst_mac, pkt = arp.ready.pop(0)
             self._xmit(pkt, dst_mac, ETH_P_IP)
         if arp.failed:
-            for _ in arp.failed:
-                # A locally built packet whose next hop never answered.
-                self.stats.drop("NEIGH_FAILED")
+            failed = arp.failed[:]
             arp.failed.clear()
+            for pkt in failed:
+                # A packet whose next hop never answered: its sender learns it.
+                self.stats.drop("NEIGH_FAILED")
+                self.ipv4.link_failure(pkt)
         self.timers.mod_timer(self._arp_timer, arp.next_deadline())
 
     def _arp_expired(self, now: float) -> None:

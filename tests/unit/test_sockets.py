@@ -310,3 +310,58 @@ def test_blocking_facade_from_threads():
         assert a.ping("10.0.0.2")[0]["ok"]
     finally:
         loop.close()
+
+
+def test_simultaneous_open_and_simultaneous_close():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            sa, sb = a.socket(), b.socket()
+            await sa.bind(("", 5000))
+            await sb.bind(("", 6000))
+            async with trio.open_nursery() as n:
+                n.start_soon(sa.connect, ("10.0.0.2", 6000))
+                n.start_soon(sb.connect, ("10.0.0.1", 5000))
+            # Both sent a SYN, both answered with SYN-ACK (RFC 9293 figure 7).
+            assert sa.conn.state is sb.conn.state is TcpState.ESTABLISHED
+            await sa.sendall(b"from a")
+            await sb.sendall(b"from b")
+            assert await sb.recv(100) == b"from a"
+            assert await sa.recv(100) == b"from b"
+            ca, cb = sa.conn, sb.conn
+            sa.close()
+            sb.close()  # both FINs cross: CLOSING on both sides, then TIME_WAIT
+            await trio.sleep(1)
+            assert ca.state is cb.state is TcpState.TIME_WAIT
+            await trio.sleep(61)
+            assert a.tcp.connections() == [] and b.tcp.connections() == []
+
+    run(main)
+    assert a.stats.tcp["ActiveOpens"] == 1 and b.stats.tcp["ActiveOpens"] == 1
+
+
+def test_sequence_numbers_wrap_around_during_a_transfer():
+    wire, a, b = make_pair()
+    a.tcp.isn = lambda *tuple4: 2**32 - 5000
+    b.tcp.isn = lambda *tuple4: 2**32 - 70000
+    data = hashlib.sha256(b"wrap").digest() * 40_000  # 1.28 MB: both sides wrap
+
+    async def main():
+        async with running(a, b):
+            up, down = await connected_pair(a, b)
+            async with trio.open_nursery() as n:
+                n.start_soon(up.send_all, data)
+                n.start_soon(down.send_all, data[::-1])
+                got_b = bytearray()
+                got_a = bytearray()
+                while len(got_b) < len(data) or len(got_a) < len(data):
+                    if len(got_b) < len(data):
+                        got_b += await down.receive_some()
+                    if len(got_a) < len(data):
+                        got_a += await up.receive_some()
+            assert got_b == data and got_a == data[::-1]
+            conn = up.socket.conn
+            assert conn.snd_nxt < 2**31 and conn.rcv_nxt < 2**31  # both counters wrapped
+
+    run(main)

@@ -165,3 +165,20 @@ def test_concurrent_recv_is_busy():
                 n.cancel_scope.cancel()
 
     run(main)
+
+
+def test_unresolvable_neighbour_reports_ehostunreach():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            s = a.socket(AF_INET, SOCK_DGRAM)
+            await s.connect(("10.0.0.77", 53))
+            await s.send(b"is anyone there")
+            await trio.sleep(5)  # three ARP requests a second apart, then FAILED
+            with pytest.raises(OSError) as e:
+                await s.recv(10)
+            assert e.value.errno == errno.EHOSTUNREACH
+
+    run(main)
+    assert a.stats.drop_reasons["NEIGH_FAILED"] == 1

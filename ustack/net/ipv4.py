@@ -213,6 +213,22 @@ class Ipv4:
         self.stats.ip["InDelivers"] += 1
         handler(pkt)
 
+    def link_failure(self, pkt: Packet) -> None:
+        """``ipv4_link_failure``: the next hop never answered ARP for *pkt*.
+
+        The kernel sends itself an ICMP host unreachable about the packet, so
+        the socket that sent it learns EHOSTUNREACH through its protocol's
+        error handler; locally this is a direct call of that handler.
+        """
+        off = pkt.net_off
+        if off < 0 or bytes(pkt.buf[off + 12 : off + 16]) != self.addr:
+            return
+        ihl = (pkt.buf[off] & 0x0F) * 4
+        handler = self.err_handlers.get(pkt.buf[off + 9])
+        if handler is not None:
+            # ICMP_DEST_UNREACH (3), ICMP_HOST_UNREACH (1).
+            handler(3, 1, 0, memoryview(bytes(pkt.buf[off : min(pkt.tail, off + ihl + 8)])))
+
     def frag_timer(self, now: float) -> None:
         """Expire fragment queues (``ip_expire``), answering with ICMP time exceeded."""
         for quote in self.reasm.expire(now):

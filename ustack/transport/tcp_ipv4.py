@@ -64,6 +64,9 @@ class TcpV4:
         self._timers: dict[TcpConnection, Timer] = {}
         # The binding each connection keeps alive (released when it is gone).
         self._conn_binding: dict[TcpConnection, Binding] = {}
+        # Initial sequence numbers (local ip, local port, remote ip, remote port)
+        # -> ISS, the role of secure_tcp_seq; None lets each connection pick one.
+        self.isn: Callable[[bytes, int, bytes, int], int] | None = None
         ipv4.protos[IPPROTO_TCP] = self.tcp_v4_rcv
 
     @property
@@ -230,8 +233,9 @@ class TcpV4:
         key = (saddr, binding.port, daddr, dport)
         if key in self.ehash:
             raise OSError(errno.EADDRNOTAVAIL, "4-tuple already in use")
+        iss = self.isn(saddr, binding.port, daddr, dport) if self.isn is not None else None
         conn = TcpConnection(saddr, binding.port, daddr, dport, self.sysctl, self.stats,
-                             self.mss, self.clock())
+                             self.mss, self.clock(), iss)
         self._hash(conn)
         if setup is not None:
             setup(conn)
@@ -249,6 +253,7 @@ class TcpV4:
         listener = TcpListener(binding.addr, binding.port, backlog, self.sysctl, self.stats,
                                self.mss)
         binding.listening = True
+        listener.isn = self.isn
         self.listeners[binding.port] = listener
         return listener
 
