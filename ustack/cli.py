@@ -195,14 +195,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
     from .daemon import run_daemon
+    from .errors import first_oserror
 
     cfg = _up_config(args)
     if os.geteuid() != 0:
         raise UserError("ustack up must run as root (it creates a TAP device)")
     try:
         trio.run(run_daemon, cfg)
-    except OSError as err:
-        raise UserError(err.strerror or str(err)) from None
+    except BaseException as err:
+        leaf = first_oserror(err)
+        if leaf is None:
+            raise
+        raise UserError(leaf.strerror or str(leaf)) from None
     return 0
 
 

@@ -9,6 +9,7 @@ one line that holds either ``{"result": ...}`` or ``{"error": MESSAGE}``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +22,7 @@ from .stack import Stack
 from .sysctl import SysctlError, format_value
 
 MAX_REQUEST = 64 * 1024
+log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -84,8 +86,15 @@ class ControlServer:
                     await send({"error": str(err)})
                 except trio.BrokenResourceError:
                     pass
-            except trio.BrokenResourceError:
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away
+            except Exception as err:
+                # A bug in one request must not stop the stack; report it.
+                log.exception("control request failed")
+                try:
+                    await send({"error": f"internal error: {err!r}"})
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
 
     @staticmethod
     async def _read_request(stream: trio.abc.ReceiveStream) -> tuple[dict[str, Any], bytes]:

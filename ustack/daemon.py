@@ -17,6 +17,7 @@ import trio
 
 from .api import open_stack
 from .control import ControlServer
+from .errors import first_oserror
 from .net.ethernet import mac_str
 from .services import ServiceSpec, run_service
 from .sysctl import Sysctl
@@ -55,7 +56,14 @@ async def run_daemon(cfg: UpConfig) -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 for spec in cfg.services:
-                    await nursery.start(run_service, spec, stack)
+                    try:
+                        await nursery.start(run_service, spec, stack)
+                    except BaseException as err:
+                        leaf = first_oserror(err)
+                        if leaf is None:
+                            raise
+                        raise OSError(leaf.errno, f"cannot start {spec.name} on port "
+                                      f"{spec.port}: {leaf.strerror or leaf}") from None
                 await nursery.start(control.serve)
                 kernel = str(cfg.host_addr) if cfg.host_addr else "not configured"
                 print(

@@ -182,11 +182,15 @@ def test_bad_arguments_are_one_line_errors(netns):
         (["--addr", "10.0.0.2/24", "--host-addr", "10.9.0.1/24"], "not in the stack's subnet"),
         (["--mtu", "20"], "bad MTU"),
         (["--sysctl", "net.core.dev_weight=abc"], "not an integer"),
+        (["--serve", "gopher:70"], "unknown service"),
+        (["--serve", "echo:7", "--serve", "discard:7"], "cannot start discard on port 7"),
     ]:
         p = netns.run([USTACK, "up", "tapx", *args], check=False, timeout=30)
         assert p.returncode == 1, (args, p.stderr)
         assert p.stderr.startswith("ustack: ") and p.stderr.count("\n") == 1, p.stderr
         assert needle in p.stderr
+    # Nothing is left behind by a failed start.
+    assert netns.run(["ip", "link", "show", "tapx"], check=False).returncode != 0
 
 
 def test_multi_queue_tap(netns):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+
+log = logging.getLogger(__name__)
 
 # RFC 864: lines of 72 printable characters, each starting one further along.
 _PRINTABLE = bytes(range(32, 127))
@@ -36,11 +39,13 @@ async def _tcp_server(stack: Any, port: int, handler: Callable[[Any], Awaitable[
 
 
 async def _guarded(conn: Any, handler: Callable[[Any], Awaitable[None]]) -> None:
-    """Run one connection's handler; a peer's reset ends only that connection."""
+    """Run one connection's handler; whatever happens ends only that connection."""
     try:
         await handler(conn)
-    except OSError:
-        pass
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the peer reset or went away
+    except Exception:
+        log.exception("service connection failed; closed it")
     finally:
         conn.close()
 
