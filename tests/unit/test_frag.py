@@ -29,10 +29,12 @@ from ustack.stats import Stats
 from ustack.sysctl import Sysctl
 
 
-def datagram(size: int, ident: int = 0x1234, src: str = "10.0.0.1", **ip: object) -> bytes:
+def datagram(
+    size: int, ident: int = 0x1234, src: str = "10.0.0.1", dst: str = "10.0.0.2", **ip: object
+) -> bytes:
     """A UDP datagram of *size* IP payload bytes (UDP header included)."""
     data = bytes((i * 7 + 3) & 0xFF for i in range(size - 8))
-    return raw(IP(src=src, dst="10.0.0.2", id=ident, **ip) / UDP(sport=5000, dport=53) / Raw(data))
+    return raw(IP(src=src, dst=dst, id=ident, **ip) / UDP(sport=5000, dport=53) / Raw(data))
 
 
 def split(packet: bytes) -> tuple[bytes, bytes]:
@@ -170,6 +172,14 @@ def test_fragment_of_a_fragment_keeps_offset_and_mf() -> None:
     assert feed(r, [big[2], *small, big[0]]) == [pkt]
 
 
+@pytest.mark.parametrize("mtu", [1501, 1503, 1507])
+def test_odd_mtu_datagram_that_fits_is_not_split(mtu: int) -> None:
+    pkt = datagram(mtu - 20)
+    assert fragment(*split(pkt), mtu) == [pkt]
+    frags = fragment(*split(datagram(mtu - 19)), mtu)
+    assert [len(f) for f in frags] == [1500, 20 + mtu - 19 - 1480]
+
+
 def test_fragment_keeps_df_when_asked_and_fits_unchanged() -> None:
     pkt = datagram(100, flags="DF")
     assert fragment(*split(pkt), 1500) == [pkt]
@@ -245,16 +255,24 @@ def test_reassemble_any_order_with_duplicates(mtu: int, data: st.DataObject) -> 
 
 
 def test_interleaved_datagrams_do_not_mix() -> None:
-    a = datagram(3000, ident=1)
-    b = datagram(3000, ident=1, src="10.0.0.9")  # same id, other source
-    c = datagram(2500, ident=2)
-    fa, fb, fc = (fragment(*split(p), 1000) for p in (a, b, c))
-    mixed = [f for f in chain.from_iterable(zip_longest(fa, fb[::-1], fc)) if f is not None]
+    # The queue key is (src, dst, proto, id): change any one and it is
+    # another datagram. Sizes differ so that a mix-up cannot go unnoticed.
+    pkts = [
+        datagram(3000, ident=1),
+        datagram(3100, ident=1, src="10.0.0.9"),
+        datagram(3200, ident=1, dst="10.0.0.9"),
+        raw(IP(src="10.0.0.1", dst="10.0.0.2", id=1) / ICMP() / Raw(b"i" * 3292)),
+        datagram(2500, ident=2),
+    ]
+    streams = [fragment(*split(p), 1000) for p in pkts]
+    streams[1].reverse()
+    mixed = [f for f in chain.from_iterable(zip_longest(*streams)) if f is not None]
     r, _, stats = new()
     assert len(r) == 0
     out = feed(r, mixed)
-    assert sorted(out) == sorted([a, b, c])
-    assert stats.ip["ReasmOKs"] == 3
+    assert sorted(out) == sorted(pkts)
+    assert stats.ip["ReasmOKs"] == len(pkts)
+    assert (len(r), r.mem) == (0, 0)
 
 
 def test_contained_duplicate_is_dropped_and_queue_kept() -> None:
@@ -414,14 +432,20 @@ def test_expire_kills_queue_and_returns_quote() -> None:
     assert r.expire(1007.0) == [b"".join(split(without_first[0]))[:28]]
 
 
-def test_completed_queue_leaves_no_timer() -> None:
+def test_completed_queues_leave_no_timers() -> None:
     r, _, stats = new()
+    # One incomplete queue holds the earliest deadline, so the dead timer
+    # entries of the completed ones sit behind it in the heap.
+    stuck = fragment(*split(datagram(3000, ident=60000)), 1500)[0]
+    r.add(*split(stuck), 0.0)
     for i in range(500):
-        feed(r, fragment(*split(datagram(3000, ident=i)), 1500), now=float(i))
+        feed(r, fragment(*split(datagram(3000, ident=i)), 1500), now=1.0 + i * 0.01)
+    assert len(r) == 1
+    assert len(r._timers) <= 2 * 1 + 64 + 1  # dead entries are reclaimed
+    assert r.next_deadline() == 30.0
+    assert len(r.expire(1e9)) == 1
     assert r.next_deadline() is None
-    assert len(r._timers) <= 64 + 1  # dead timer entries are reclaimed
-    assert r.expire(1e9) == []
-    assert stats.ip["ReasmTimeout"] == 0 and stats.ip["ReasmOKs"] == 500
+    assert stats.ip["ReasmTimeout"] == 1 and stats.ip["ReasmOKs"] == 500
 
 
 # -- memory (ipfrag_high_thresh / ipfrag_low_thresh) -----------------------------------
