@@ -105,17 +105,25 @@ def test_refused_and_timeout_errnos():
             with pytest.raises(ConnectionRefusedError) as e:
                 await s.connect(("10.0.0.2", 4))
             assert e.value.errno == errno.ECONNREFUSED
-            # b drops everything: SYN retries (tcp_syn_retries 6) end in ETIMEDOUT.
-            wire.a.tx_filter = lambda f: None
+            # SYNs to port 5 vanish (ARP still works, so no neighbour error):
+            # the SYN retries (tcp_syn_retries 6) end in ETIMEDOUT.
+            wire.a.tx_filter = lambda f: None if f[23] == 6 and f[36:38] == b"\x00\x05" else f
             t0 = trio.current_time()
             s2 = a.socket()
             with pytest.raises(OSError) as e:
                 await s2.connect(("10.0.0.2", 5))
             assert e.value.errno == errno.ETIMEDOUT
             assert 120 < trio.current_time() - t0 < 140  # 1+2+4+8+16+32+64 s
+            # When the neighbour dies too, its error replaces ETIMEDOUT (tcp_write_err
+            # reports sk_err_soft), as the kernel says "No route to host".
+            wire.a.tx_filter = lambda f: None
+            s3 = a.socket()
+            with pytest.raises(OSError) as e:
+                await s3.connect(("10.0.0.2", 6))
+            assert e.value.errno == errno.EHOSTUNREACH
 
     run(main)
-    assert a.stats.tcp["AttemptFails"] == 2
+    assert a.stats.tcp["AttemptFails"] == 3
 
 
 def test_reset_pipe_notconn_addrinuse():
@@ -363,5 +371,44 @@ def test_sequence_numbers_wrap_around_during_a_transfer():
             assert got_b == data and got_a == data[::-1]
             conn = up.socket.conn
             assert conn.snd_nxt < 2**31 and conn.rcv_nxt < 2**31  # both counters wrapped
+
+    run(main)
+
+
+def test_connect_to_an_absent_neighbour_fails_with_ehostunreach():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            s = a.socket()
+            t0 = trio.current_time()
+            with pytest.raises(OSError) as e:
+                await s.connect(("10.0.0.99", 80))
+            assert e.value.errno == errno.EHOSTUNREACH
+            assert trio.current_time() - t0 < 5  # ARP gave up, not the SYN retries
+
+    run(main)
+
+
+def test_new_syn_takes_over_a_time_wait_pair():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            lsock = b.socket()
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            await lsock.bind(("", 80))
+            lsock.listen(4)
+            for _ in range(2):
+                c = a.socket()
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                await c.bind(("", 40000))
+                await c.connect(("10.0.0.2", 80))
+                srv, _ = await lsock.accept()
+                srv.close()  # the server closes first: its side sits in TIME_WAIT
+                assert await c.recv(10) == b""
+                c.close()
+                await trio.sleep(1)
+            assert b.stats.tcp["PassiveOpens"] == 2
 
     run(main)

@@ -33,6 +33,14 @@ from .tcp import (
 from .udp import ANY
 
 Key = tuple[bytes, int, bytes, int]  # local ip, local port, remote ip, remote port
+# icmp_err_convert (net/ipv4/icmp.c) for ICMP_DEST_UNREACH codes.
+_ICMP_UNREACH_ERRNO = {
+    0: errno.ENETUNREACH, 1: errno.EHOSTUNREACH, 2: errno.ENOPROTOOPT,
+    3: errno.ECONNREFUSED, 5: errno.EOPNOTSUPP, 6: errno.ENETUNREACH, 7: errno.EHOSTDOWN,
+    9: errno.ENETUNREACH, 10: errno.EHOSTUNREACH, 11: errno.ENETUNREACH,
+    12: errno.EHOSTUNREACH, 13: errno.EHOSTUNREACH,
+}
+SKB_GSO_TCPV4 = 1  # gso_type of a TCP/IPv4 super-segment (VIRTIO_NET_HDR_GSO_TCPV4)
 
 
 class Binding:
@@ -52,12 +60,16 @@ class TcpV4:
     """The TCP protocol of one stack: tables, demux, output, timers."""
 
     def __init__(self, sysctl: Sysctl, stats: Stats, ipv4: Ipv4, timers: TimerList,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 offload: Callable[[], tuple[bool, int]] = lambda: (False, 0)) -> None:
         self.sysctl = sysctl
         self.stats = stats
         self.ipv4 = ipv4
         self.timers = timers
         self.clock = clock
+        # What the route's device does for us (sk_setup_caps): (TX checksum
+        # offload, largest super-segment it takes; 0 = MSS-sized only).
+        self.offload = offload
         self.ehash: dict[Key, TcpConnection] = {}
         self.listeners: dict[int, TcpListener] = {}
         self.bhash: dict[int, list[Binding]] = {}
@@ -68,6 +80,7 @@ class TcpV4:
         # -> ISS, the role of secure_tcp_seq; None lets each connection pick one.
         self.isn: Callable[[bytes, int, bytes, int], int] | None = None
         ipv4.protos[IPPROTO_TCP] = self.tcp_v4_rcv
+        ipv4.err_handlers[IPPROTO_TCP] = self.tcp_v4_err
 
     @property
     def mss(self) -> int:
@@ -97,9 +110,12 @@ class TcpV4:
         now = self.clock()
         conn = self.ehash.get((daddr, seg.dport, saddr, seg.sport))
         if conn is not None:
-            conn.segment_arrives(seg, now)
+            reuse = conn.segment_arrives(seg, now)
             self.process(conn)
-            return
+            if not reuse:
+                return
+            # A new SYN took over a TIME_WAIT pair (tcp_timewait_state_process
+            # -> TCP_TW_SYN): the old connection is gone; the listener gets it.
         listener = self.listeners.get(seg.dport)
         if listener is not None and listener.local_ip in (ANY, daddr):
             child = listener.segment_arrives(seg, saddr, now, local_ip=daddr)
@@ -113,23 +129,56 @@ class TcpV4:
             tcp["OutRsts"] += 1
             self._xmit(rst, daddr, saddr)
 
+    def tcp_v4_err(self, icmp_type: int, code: int, info: int, quoted: memoryview) -> None:
+        """``tcp_v4_err``: an ICMP error (or neighbour failure) about one of our segments.
+
+        Destination unreachable maps to an errno as icmp_err_convert does;
+        the connection fails with it while connecting, else keeps it as its
+        soft error. Fragmentation-needed (PMTU) is not acted on yet.
+        """
+        if icmp_type != 3 or code == 4:  # ICMP_DEST_UNREACH, not ICMP_FRAG_NEEDED
+            return
+        ihl = (quoted[0] & 0x0F) * 4
+        if len(quoted) < ihl + 8:
+            return
+        saddr = bytes(quoted[12:16])
+        daddr = bytes(quoted[16:20])
+        sport = (quoted[ihl] << 8) | quoted[ihl + 1]
+        dport = (quoted[ihl + 2] << 8) | quoted[ihl + 3]
+        conn = self.ehash.get((saddr, sport, daddr, dport))
+        if conn is None:
+            return
+        err = _ICMP_UNREACH_ERRNO.get(code, errno.EHOSTUNREACH)
+        conn.icmp_error(err)
+        self.process(conn)
+
     # ---- output and timers --------------------------------------------------
 
-    def _xmit(self, seg: Any, saddr: bytes, daddr: bytes) -> None:
-        pkt = build_segment(seg, saddr, daddr)
+    def _xmit(self, seg: Any, saddr: bytes, daddr: bytes, mss: int = 0) -> None:
+        """``tcp_transmit_skb`` + ``ip_queue_xmit`` for one segment.
+
+        With TX checksum offload the segment leaves CHECKSUM_PARTIAL; one
+        longer than *mss* is a super-segment (gso_size = mss) that the device
+        hands to the kernel whole (TSO) or cuts in software (GSO).
+        """
+        csum_offload, _ = self.offload()
+        pkt = build_segment(seg, saddr, daddr, csum_partial_offload=csum_offload)
+        if mss and len(seg.payload) > mss:
+            pkt.gso_size = mss
+            pkt.gso_type = SKB_GSO_TCPV4
         self.ipv4.ip_output(pkt, daddr, IPPROTO_TCP, src=saddr, df=True)
 
-    def _drain(self, out: list, saddr: bytes, daddr: bytes) -> None:
+    def _drain(self, out: list, saddr: bytes, daddr: bytes, mss: int = 0) -> None:
         if not out:
             return
         segs = out[:]
         out.clear()
         for seg in segs:
-            self._xmit(seg, saddr, daddr)
+            self._xmit(seg, saddr, daddr, mss)
 
     def process(self, conn: TcpConnection) -> None:
         """After any call into *conn*: transmit, re-arm its timer, forget it if closed."""
-        self._drain(conn.out, conn.local_ip, conn.remote_ip)
+        self._drain(conn.out, conn.local_ip, conn.remote_ip, conn.snd_mss)
         timer = self._timers.get(conn)
         if conn.state is TcpState.CLOSED:
             self._unhash(conn)
@@ -147,6 +196,7 @@ class TcpV4:
         timer = Timer(lambda now, c=conn: self._on_timer(c, now))
         self._timers[conn] = timer
         conn.on_output = lambda c=conn: self.process(c)
+        conn.gso_max = lambda: self.offload()[1]
 
     def _unhash(self, conn: TcpConnection) -> None:
         key = (conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)

@@ -121,7 +121,7 @@ class Net:
             for lst in h.listeners.values():
                 while lst.out:
                     self._emit(name, lst.out.pop(0))
-            for key, c in list(h.conns.items()):
+            for c in list(h.conns.values()):
                 if c.out:
                     out, c.out = c.out, []
                     for seg in out:
@@ -132,8 +132,9 @@ class Net:
         h.stats.tcp["InSegs"] += 1
         c = h.conns.get((seg.dport, seg.sport))
         if c is not None and c.state is not TcpState.CLOSED:
-            c.segment_arrives(seg, self.now)
-            return
+            if not c.segment_arrives(seg, self.now):
+                return
+            del h.conns[(seg.dport, seg.sport)]  # TIME-WAIT gave way to a new SYN
         lst = h.listeners.get(seg.dport)
         if lst is not None and lst.state is TcpState.LISTEN:
             child = lst.segment_arrives(seg, IPS["b" if dst == "a" else "a"], self.now)
@@ -194,7 +195,8 @@ class Net:
 
     def sent(self, src: str, flags: int | None = None) -> list[Segment]:
         """Segments host *src* put on the wire, optionally only those with all *flags*."""
-        return [s for _, h, s in self.log if h == src and (flags is None or s.flags & flags == flags)]
+        return [s for _, h, s in self.log
+                if h == src and (flags is None or s.flags & flags == flags)]
 
 
 def transfer(net: Net, src: TcpConnection, dst: TcpConnection, data: bytes,

@@ -124,3 +124,21 @@ def test_listener_close_aborts_pending():
     assert len(gone) == 2 and all(g.state is S.CLOSED for g in gone)
     net.run(until=2)
     assert all(c.state is S.CLOSED and c.error is not None for c in cs)
+
+
+def test_reconnect_same_port_through_server_time_wait():
+    net = Net()
+    lst = net.listen("b", 80)
+    c1 = net.conn("a", 45000, 80, iss=1000)
+    c1.connect(net.now)
+    net.run(until=1)
+    s1 = lst.accept()
+    s1.close(net.now)
+    net.run(until=2)
+    c1.close(net.now)
+    net.run(until=3)
+    assert s1.state is S.TIME_WAIT and c1.state is S.CLOSED
+    c2 = net.conn("a", 45000, 80, iss=50_000_000)
+    c2.connect(net.now)
+    net.run(until=3.5)
+    assert c2.state is S.ESTABLISHED and lst.accept() is not None

@@ -350,3 +350,19 @@ def test_paws_drops_old_timestamp():
     old = TcpOptions(ts_val=(b.ts_recent - 10) & 0xFFFFFFFF, ts_ecr=0)
     b.segment_arrives(Segment(40000, 80, b.rcv_nxt, b.snd_nxt, ACK, 1000, old, b"stale"), net.now)
     assert b.readable_bytes == 0 and net.hosts["b"].stats.tcpext["PAWSEstab"] == 1
+
+
+def test_new_syn_ends_time_wait():
+    """tcp_timewait_state_process: a SYN above the old sequence space reopens the port."""
+    net = Net()
+    a, b = net.pair()
+    b.close(net.now)  # the server closes first and holds TIME-WAIT
+    settle(net, 0.1)
+    a.close(net.now)
+    settle(net, 0.1)
+    assert b.state is S.TIME_WAIT
+    old_syn = Segment(40000, 80, seq_add(b.rcv_nxt, -100), 0, SYN, 1000)
+    assert not b.segment_arrives(old_syn, net.now) and b.state is S.TIME_WAIT
+    new_syn = Segment(40000, 80, seq_add(b.rcv_nxt, 100_000), 0, SYN, 1000)
+    assert b.segment_arrives(new_syn, net.now) is True
+    assert b.state is S.CLOSED

@@ -143,3 +143,70 @@ def test_rto_collapses_cwnd_and_info():
     net.drop = None
     net.run(until=net.now + 30, stop=lambda: a.flight_size() == 0 and not a._sndq)
     assert a.state is TcpState.ESTABLISHED and b.readable_bytes == 200_000
+
+
+def test_one_rto_recovers_a_whole_lost_flight():
+    """After an RTO the sender goes back to SND.UNA (tcp_enter_loss) in slow start."""
+    net = Net()
+    a, b = net.pair()
+    t0 = net.now
+    net.drop = lambda src, seg: src == "a" and net.now < t0 + 0.001
+    a.send(blob(14_000), net.now)  # one flight, entirely lost
+    net.run(until=t0 + 10, stop=lambda: b.readable_bytes == 14_000)
+    assert b.readable_bytes == 14_000
+    assert net.hosts["a"].stats.tcpext["TCPTimeouts"] == 1
+    assert net.now < t0 + 2
+
+
+def test_fast_retransmit_on_three_dupacks():
+    """RFC 5681 3.2 / RFC 6582: one lost segment costs no RTO, and new data keeps flowing."""
+    net = Net()
+    a, b = net.pair()
+    a.sndbuf = b.rcvbuf = 1 << 20
+    net.run(until=1)
+    lost = []
+
+    def drop(src, seg):
+        if src == "a" and seg.payload and not lost and (seg.seq - a.iss) % 2**32 > 20_000:
+            lost.append(seg.seq)
+            return True
+        return False
+
+    net.drop = drop
+    data = blob(400_000, 5)
+    assert sha(transfer(net, a, b, data)) == sha(data)
+    st = net.hosts["a"].stats.tcpext
+    assert lost and st["TCPFastRetrans"] == 1 and st["TCPTimeouts"] == 0
+    i_rtx = next(i for i, (t, h, s) in enumerate(net.log)
+                 if h == "a" and s.seq == lost[0] and s.payload and i > 0
+                 and any(x[2].seq == lost[0] for x in net.log[:i]))
+    t_full = next(t for t, h, s in net.log[i_rtx:]
+                  if h == "b" and (s.ack - lost[0]) % 2**32 > a.snd_mss)
+    # cwnd inflation (ssthresh + 3 MSS, + 1 MSS per dupack) sends new data during recovery.
+    new_during = [s for t, h, s in net.log[i_rtx + 1 :] if h == "a" and s.payload and t < t_full]
+    assert new_during
+
+
+def test_syn_ack_acking_iss_is_answered_with_rst():
+    net = Net()
+    a = net.conn("a", 40000, 80, iss=10)
+    a.connect(0.0)
+    a.out.clear()
+    from ustack.transport.tcp import ACK, RST, SYN, Segment
+
+    a.segment_arrives(Segment(80, 40000, 77, 10, SYN | ACK, 1000), 0.0)
+    assert a.state is TcpState.SYN_SENT and a.out[0].flags == RST and a.out[0].seq == 10
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_send_buffer_autotuning(locked):
+    net = Net()
+    a, b = net.pair()
+    a.sndbuf_locked = locked
+    data = blob(1_000_000, 8)
+    assert sha(transfer(net, a, b, data)) == sha(data)
+    if locked:
+        assert a.sndbuf == 16384
+    else:
+        # tcp_sndbuf_expand: room for two congestion windows.
+        assert a.sndbuf >= 2 * 10 * a.snd_mss

@@ -23,11 +23,17 @@ Receive (``tcp_v4_rcv``)::
     seg = parse_segment(data)          # None: malformed -> InErrs, drop
     stats.tcp["InSegs"] += 1
     conn = table.get((dst_ip, seg.dport, src_ip, seg.sport))
-    if conn:      conn.segment_arrives(seg, now)
-    elif listener on (dst_ip, seg.dport):
-                  child = listener.segment_arrives(seg, src_ip, now, local_ip=dst_ip)
-                  if child: table[4-tuple] = child   # SYN-RECEIVED; child.out has the SYN-ACK
-    else:         rst = rst_for(seg); if rst: send it, count OutSegs and OutRsts
+    if conn is not None:
+        if not conn.segment_arrives(seg, now):
+            return                     # True: TIME-WAIT gave way to a new SYN;
+        forget conn                    # go on to the listener with the same seg
+    if listener on (dst_ip, seg.dport):
+        child = listener.segment_arrives(seg, src_ip, now, local_ip=dst_ip)
+        drain listener.out
+        if child: table[4-tuple] = child   # SYN-RECEIVED; child.out has the SYN-ACK
+    else:
+        rst = rst_for(seg)             # None for a RST; count OutSegs and OutRsts
+        if rst: send it from dst_ip to src_ip
 
 Transmit: after *every* call into a connection or listener (network call,
 timer or user call) the glue drains ``obj.out`` (a list of ``Segment``,
@@ -40,6 +46,16 @@ socket layer need not know the glue.
 
 Timers: ``conn.next_deadline() -> float | None`` after every call; when that
 time comes call ``conn.on_timer(now)`` (early or repeated calls are harmless).
+
+Errors from below: ``conn.icmp_error(errno)`` (ICMP unreachable, neighbour
+failure) fails a connection that is still opening and is otherwise kept as
+``soft_error``, reported instead of ETIMEDOUT if it later times out.
+
+``TcpListener(local_ip, port, backlog, sysctl, stats, mss=1460)``:
+``segment_arrives`` as above, ``accept() -> TcpConnection | None``,
+``close(now) -> list[TcpConnection]``, ``wakeup`` (accept queue gained one),
+``isn`` (ISS generator), and ``sndbuf``/``rcvbuf``/``nodelay``/``keepalive``
+that children inherit; ``syn_queue_len``/``accept_queue_len``/``backlog``.
 
 Lifetime: when ``conn.state is TcpState.CLOSED`` (after draining ``out``)
 the glue removes the connection from its table. TIME_WAIT and orphaned
@@ -67,6 +83,12 @@ changed. Options: ``nodelay``/``cork`` (set via ``set_nodelay``/``set_cork``),
 ``keepalive`` (property), ``keepidle``, ``keepintvl`` (seconds),
 ``keepcnt``, ``sndbuf``/``rcvbuf`` (bytes of payload; set ``sndbuf_locked``
 when the user sets SO_SNDBUF to stop autotuning). ``info()`` is TCP_INFO.
+
+Not done yet: a SACK scoreboard on the sending side (SACK blocks are sent as
+a receiver but ignored as a sender: recovery is NewReno), URG (urgent data is
+delivered inline), ECN, receive-buffer autotuning, SYN cookies, Fast Open,
+TSO-sized ``size_goal``, pluggable congestion control, PMTU changes, the
+RFC 5961 challenge-ACK rate limit, TCP_USER_TIMEOUT and SO_LINGER.
 """
 
 from .connection import TcpConnection

@@ -19,6 +19,7 @@ from ustack.stats import Stats
 from ustack.sysctl import Sysctl
 
 from .congestion import Reno
+from .header import Segment
 from .input import TCP_ATO_MIN, TcpInput
 from .options import TCP_MAX_WSCALE
 from .output import TcpOutput
@@ -78,9 +79,15 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         #: queued segments or moved the deadline, so the glue can flush ``out``.
         self.on_output: Callable[[], None] | None = None
         #: Segments to transmit, oldest first; the glue drains it after every call.
-        self.out: list = []
+        self.out: list[Segment] = []
+        #: The largest super-segment the route's device takes (TSO/GSO); 0 means
+        #: MSS-sized segments only. Set by the glue (sk_setup_caps).
+        self.gso_max: Callable[[], int] = lambda: 0
         #: The TcpListener this passive connection came from, while not yet accepted.
         self.listener: Any = None
+        #: Last network error seen for this flow (sk_err_soft), reported instead of
+        #: ETIMEDOUT if the connection later times out.
+        self.soft_error: int | None = None
         self.orphan = False
         self._wake = False
 
@@ -228,7 +235,6 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self._set_state(TcpState.TIME_WAIT)
         self._rto_at = self._probe_at = self._delack_at = self._ka_at = None
         self._tw_at = now + TCP_TIMEWAIT_LEN
-        self._ack_now = self._ack_pending = True
 
     def _queue_fin(self) -> None:
         """Queue our FIN behind the data and move to the next closing state."""
@@ -255,6 +261,19 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self._flush_wakeup()
         if self.on_output is not None:
             self.on_output()
+
+    def icmp_error(self, err: int) -> None:
+        """A hard network error for this flow: ICMP unreachable or a failed neighbour.
+
+        As ``tcp_v4_err``: fatal while connecting (connect fails with *err*),
+        afterwards only remembered as the soft error that a later timeout
+        reports. The glue drains ``out`` afterwards as after any call.
+        """
+        if self.state in _SYN_STATES and self.listener is None:
+            self._done(err)
+        elif self.state is not TcpState.CLOSED:
+            self.soft_error = err
+        self._flush_wakeup()
 
     # -- what the socket layer reads -----------------------------------------
 
@@ -297,7 +316,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self._send_syn(now)
         self._user_done()
 
-    def open_passive(self, syn: Any, now: float) -> None:
+    def open_passive(self, syn: Segment, now: float) -> None:
         """Become the SYN-RECEIVED child of a listener for the SYN *syn*; send the SYN-ACK."""
         self.irs = syn.seq
         self.rcv_nxt = self.rcv_wup = seq_add(syn.seq, 1)
@@ -385,7 +404,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         state = self.state
         if state in (TcpState.CLOSED, TcpState.LISTEN):
             pass
-        elif self._rcvq or self._ofo:
+        elif self._rcvq:
             # RFC 2525 2.17: closing with unread data resets (TCPAbortOnClose).
             self.stats.tcpext["TCPAbortOnClose"] += 1
             self._rcvq.clear()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 
 from .header import ACK, FIN, RST, SYN, Segment
+from .output import rst_for
 from .seq import after, before, between, seq_add, seq_sub
 from .state import TcpState
 
@@ -29,20 +30,26 @@ _DATA_STATES = frozenset((TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState.FIN
 class TcpInput:
     """Mixin of :class:`TcpConnection` with the receive path."""
 
-    def segment_arrives(self, seg: Segment, now: float) -> None:
+    def segment_arrives(self, seg: Segment, now: float) -> bool:
         """Process one segment addressed to this connection.
 
         *seg* must already have passed the checksum. Whatever needs sending
         is appended to ``out``; check ``next_deadline()`` afterwards.
+
+        Returns True only when a TIME-WAIT connection gave way to a new SYN
+        (``tcp_timewait_state_process``, TCP_TW_SYN): it is now CLOSED and the
+        glue should hand the same segment to the listener. Otherwise False.
         """
         self.segs_in += 1
         self.last_rcv = now
         state = self.state
+        reuse = False
         if state is TcpState.SYN_SENT:
             self._rcv_synsent(seg, now)
+        elif state is TcpState.TIME_WAIT and self._tw_syn(seg):
+            self._done(None)
+            reuse = True
         elif state is TcpState.CLOSED:
-            from .output import rst_for
-
             rst = rst_for(seg)
             if rst is not None:
                 self.out.append(rst)
@@ -51,6 +58,21 @@ class TcpInput:
         elif state is not TcpState.LISTEN:
             self._rcv_state_process(seg, now)
         self._flush_wakeup()
+        return reuse
+
+    def _tw_syn(self, seg: Segment) -> bool:
+        """A SYN that may open a new incarnation despite TIME-WAIT (RFC 6191 / kernel).
+
+        Its sequence number must lie beyond what the old connection used, or
+        its timestamp must be newer than the last one seen.
+        """
+        if seg.flags & (SYN | ACK | RST) != SYN:
+            return False
+        if after(seg.seq, self.rcv_nxt):
+            return True
+        opts = seg.options
+        return (self.ts_ok and opts is not None and opts.ts_val is not None
+                and after(opts.ts_val, self.ts_recent))
 
     # -- SYN-SENT -------------------------------------------------------------
 
@@ -203,21 +225,16 @@ class TcpInput:
         if (self.ts_ok and opts is not None and opts.ts_val is not None
                 and not after(seq, self.rcv_wup)):
             self.ts_recent = opts.ts_val
-        # Seventh and eighth: data and FIN.
-        if plen or flags & FIN:
-            if state in _DATA_STATES:
-                if self.orphan and plen and after(seq_add(seq, plen), self.rcv_nxt):
-                    # Data after close(): tcp_rcv_state_process resets (TCPAbortOnData).
-                    self.stats.tcpext["TCPAbortOnData"] += 1
-                    self._send_rst(now)
-                    self._done(None)
-                    return
-                self._rcv_data_and_fin(seq, seg.payload, bool(flags & FIN), now)
-            elif flags & FIN and not after(seq_add(seq, plen), self.rcv_nxt):
-                # A retransmitted FIN in CLOSE-WAIT, CLOSING, LAST-ACK or TIME-WAIT.
-                self._ack_now = True
-                if state is TcpState.TIME_WAIT:
-                    self._tw_at = now + self.TCP_TIMEWAIT_LEN
+        # Seventh and eighth: data and FIN. After the peer's FIN (CLOSE-WAIT and
+        # later) text is ignored; a retransmitted FIN fails the acceptability test.
+        if (plen or flags & FIN) and state in _DATA_STATES:
+            if self.orphan and plen and after(seq_add(seq, plen), self.rcv_nxt):
+                # Data after close(): tcp_rcv_state_process resets (TCPAbortOnData).
+                self.stats.tcpext["TCPAbortOnData"] += 1
+                self._send_rst(now)
+                self._done(None)
+                return
+            self._rcv_data_and_fin(seq, seg.payload, bool(flags & FIN), now)
         self._after_input(now)
 
     def _after_input(self, now: float) -> None:
@@ -337,7 +354,8 @@ class TcpInput:
 
     # -- data and FIN --------------------------------------------------------
 
-    def _rcv_data_and_fin(self, seq: int, payload, fin: bool, now: float) -> None:
+    def _rcv_data_and_fin(self, seq: int, payload: bytes | memoryview, fin: bool,
+                          now: float) -> None:
         """Queue in-window data in order or out of order; handle FIN (``tcp_data_queue``)."""
         rcv_nxt = self.rcv_nxt
         rel = seq_sub(seq, rcv_nxt)

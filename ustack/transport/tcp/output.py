@@ -16,6 +16,10 @@ from .header import ACK, FIN, PSH, RST, SYN, Segment
 from .options import TcpOptions
 from .seq import SEQ_MASK, after, before, seq_add, seq_sub
 
+# Room kept for headers below TCP in a super-segment (include/net/tcp.h).
+MAX_TCP_HEADER = 320
+TCP_MSS_DEFAULT = 536
+
 
 def rst_for(seg: Segment) -> Segment | None:
     """The RST that answers *seg* when no connection wants it.
@@ -44,8 +48,21 @@ class TcpOutput:
 
     @property
     def size_goal(self) -> int:
-        """Bytes per segment the sender builds (``tcp_xmit_size_goal``)."""
-        return self.snd_mss
+        """Bytes per segment the sender builds (``tcp_xmit_size_goal``).
+
+        One MSS, unless the device takes super-segments (``gso_max``: TSO
+        or GSO): then as many whole MSS as fit in gso_max less the headers
+        (MAX_TCP_HEADER) and in half the largest window the peer offered
+        (``tcp_bound_to_half_wnd``).
+        """
+        mss = self.snd_mss
+        gso = self.gso_max()
+        if gso <= mss:
+            return mss
+        goal = gso - 1 - MAX_TCP_HEADER
+        if self.max_window > TCP_MSS_DEFAULT:
+            goal = min(goal, self.max_window >> 1)
+        return max(mss, goal - goal % mss)
 
     def flight_size(self) -> int:
         """Bytes sent and not yet acknowledged (RFC 5681 FlightSize)."""
@@ -107,8 +124,14 @@ class TcpOutput:
             mib["OutRsts"] += 1
 
     def _send_ack(self, now: float) -> None:
-        """A pure ACK (``tcp_send_ack``)."""
-        self._transmit(ACK, self.snd_nxt, b"", now)
+        """A pure ACK (``tcp_send_ack``).
+
+        It carries the highest sequence number sent (``tcp_acceptable_seq``;
+        BSD's snd_max), not a SND.NXT that a timeout moved back: a peer that
+        already has those bytes would find an older number unacceptable and
+        drop the ACK with it.
+        """
+        self._transmit(ACK, self.snd_max, b"", now)
 
     def _send_challenge_ack(self, now: float) -> None:
         """RFC 5961 challenge ACK (``tcp_send_challenge_ack``), not rate-limited here."""
@@ -149,8 +172,8 @@ class TcpOutput:
             self._rto_at = now + self.rto
 
     def _send_rst(self, now: float) -> None:
-        """Reset the peer (``tcp_send_active_reset``) from SND.NXT."""
-        self._transmit(RST | ACK, self.snd_nxt, b"", now)
+        """Reset the peer (``tcp_send_active_reset``) from the highest sequence sent."""
+        self._transmit(RST | ACK, self.snd_max, b"", now)
 
     def _count_retrans(self) -> None:
         self.stats.tcp["RetransSegs"] += 1
@@ -176,7 +199,8 @@ class TcpOutput:
             self._count_retrans()
         elif self._rtt_seq is None and not self.ts_ok:
             self._rtt_seq, self._rtt_time = end, now
-        if n < self.snd_mss:
+        if n < self.snd_mss or n % self.snd_mss:
+            # tcp_minshall_update: this skb ends in a partial segment.
             self.snd_sml = end
         if after(end, self.snd_nxt):
             self.snd_nxt = end
@@ -207,7 +231,17 @@ class TcpOutput:
             if n <= 0:
                 break
             last = n == unsent
-            if n < goal:
+            mss = self.snd_mss
+            if n > mss:
+                # tcp_mss_split_point: a super-segment carries whole MSS; a
+                # sub-MSS tail rides along only at the queue's end, and only
+                # when Nagle would let it go on its own.
+                tail = n % mss
+                if tail and (not last or (not fin_pending and self._nagle_holds(in_flight,
+                                                                               snd_nxt))):
+                    n -= tail
+                    last = False
+            elif n < mss:
                 if not last:
                     # Window- or cwnd-limited piece of a longer queue: RFC 1122
                     # 4.2.3.4 sends it only if it is half the largest window seen.
@@ -215,13 +249,7 @@ class TcpOutput:
                         pass
                     else:
                         break
-                elif not fin_pending and (
-                    self.cork
-                    or (not self.nodelay and in_flight > 0 and after(self.snd_sml, self.snd_una)
-                        and not after(self.snd_sml, snd_nxt))
-                ):
-                    # tcp_nagle_check with tcp_minshall_check: hold a small
-                    # segment while an earlier small one is unacknowledged.
+                elif not fin_pending and self._nagle_holds(in_flight, snd_nxt):
                     break
             self._send_data(snd_nxt, n, last and fin_pending and wnd_avail > n, now)
         if self.snd_nxt == self.snd_una and (
@@ -231,13 +259,22 @@ class TcpOutput:
             if self._probe_at is None and not self.cork:
                 self._probe_at = now + self._backoff_rto()
 
+    def _nagle_holds(self, in_flight: int, snd_nxt: int) -> bool:
+        """``tcp_nagle_check`` with ``tcp_minshall_check``: hold a small segment
+        while corked, or while an earlier small one is unacknowledged."""
+        return self.cork or (
+            not self.nodelay and in_flight > 0 and after(self.snd_sml, self.snd_una)
+            and not after(self.snd_sml, snd_nxt)
+        )
+
     def _retransmit_head(self, now: float) -> None:
         """Resend the first unacked segment, even beyond the window (``tcp_retransmit_skb``)."""
         if self.state_is_syn():
             self._send_syn(now)
             return
         sndq_end = seq_add(self._sndq_seq, len(self._sndq))
-        n = min(self.size_goal, max(seq_sub(sndq_end, self.snd_una), 0))
+        # One MSS: after a timeout cwnd is one segment (RFC 5681 3.1).
+        n = min(self.snd_mss, max(seq_sub(sndq_end, self.snd_una), 0))
         fin = self._fin_queued and seq_add(self.snd_una, n) == sndq_end
         if n or fin:
             self._send_data(self.snd_una, n, fin, now)
@@ -253,7 +290,7 @@ class TcpOutput:
         sndq_end = seq_add(self._sndq_seq, len(self._sndq))
         unsent = seq_sub(sndq_end, self.snd_nxt)
         if wnd_avail > 0 and (unsent > 0 or (self._fin_queued and not self.fin_sent())):
-            n = min(unsent, wnd_avail, self.size_goal)
+            n = min(unsent, wnd_avail, self.snd_mss)
             fin = self._fin_queued and n == unsent and wnd_avail > n
             self._send_data(self.snd_nxt, n, fin, now)
             return True

@@ -30,9 +30,6 @@ class OfoQueue:
     def __bool__(self) -> bool:
         return bool(self._ivs)
 
-    def __len__(self) -> int:
-        return len(self._ivs)
-
     def intervals(self) -> list[tuple[int, int]]:
         """(start, end) sequence numbers of the held intervals, in order."""
         return [(s, seq_add(s, len(d))) for s, d in self._ivs]

@@ -97,12 +97,12 @@ class TcpTimers:
         return sysctl["net.ipv4.tcp_retries2"]
 
     def _write_err(self) -> None:
-        """Give up: ETIMEDOUT (``tcp_write_err``)."""
+        """Give up: the soft error if there was one, else ETIMEDOUT (``tcp_write_err``)."""
         self.stats.tcpext["TCPAbortOnTimeout"] += 1
         if self.state is TcpState.SYN_RECV and self.listener is not None:
             self._done(None)
         else:
-            self._done(errno.ETIMEDOUT)
+            self._done(self.soft_error or errno.ETIMEDOUT)
 
     # -- handlers ------------------------------------------------------------
 
@@ -111,7 +111,14 @@ class TcpTimers:
         self._rto_at = None
         if self.snd_una == self.snd_max:
             return
-        if self.retransmits >= self._max_retries():
+        if self.snd_wnd == 0 and not self.orphan and not self.state_is_syn():
+            # The peer shrank its window to zero under our data: the retransmissions
+            # are window probes and a live peer is never timed out; only silence for
+            # longer than the maximum RTO is (tcp_retransmit_timer).
+            if now - self.last_rcv > self.rto_max:
+                self._write_err()
+                return
+        elif self.retransmits >= self._max_retries():
             self._write_err()
             return
         self.stats.tcpext["TCPTimeouts"] += 1
