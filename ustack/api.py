@@ -16,6 +16,7 @@ import trio
 
 from .link.host import HostLink
 from .link.tap import Tap
+from .nic.features import GRO_HW, RX_CSUM, SOFTWARE, TSO, TX_CSUM
 from .stack import Stack
 from .sysctl import Sysctl
 
@@ -33,25 +34,36 @@ async def open_stack(
     mac: bytes | None = None,
     sysctl: Sysctl | None = None,
     host_config: bool = True,
+    offload: bool | None = None,
 ) -> AsyncIterator[Stack]:
     """Run a stack on TAP *tap* for the duration of the ``async with`` block.
 
     *host_addr* is given to the kernel's side of the TAP (None: bring it up
     without an address; ``host_config=False``: leave the kernel side alone).
+    *offload*: True turns on every offload the kernel accepts through the
+    virtio-net header (checksums, TSO both ways), False keeps MTU frames
+    with full checksums on the wire (software GSO/GRO still on), None (the
+    default) is True when the kernel accepts it.
     Raises OSError subclasses with one-line messages (TAP busy, not root).
     """
     iface = ipaddress.IPv4Interface(addr)
     host_iface = ipaddress.IPv4Interface(host_addr) if host_addr else None
     gw = ipaddress.IPv4Address(gateway) if gateway else None
     existed = os.path.exists(f"/sys/class/net/{tap}")
-    link = Tap(tap, queues=queues)
+    link = Tap(tap, queues=queues, vnet_hdr=True)
     host: HostLink | None = None
     try:
         if host_config:
             host = HostLink(tap)
             host.configure(host_iface, mtu)
+        rx_offload = link.probe_offload()
+        if offload and not rx_offload:
+            raise OSError(95, f"the kernel refuses offloads on {tap} (TUNSETOFFLOAD)")
+        hw = frozenset({TX_CSUM, TSO} | ({RX_CSUM, GRO_HW} if rx_offload else set()))
+        enabled = None if offload or offload is None else set(SOFTWARE)
         stack = Stack(link.queues, iface, name=tap, gateway=gw, mtu=mtu, mac=mac,
-                      sysctl=sysctl, ring_size=ring_size)
+                      sysctl=sysctl, ring_size=ring_size, vnet_hdr_len=link.vnet_hdr_len,
+                      hw_features=hw, features=enabled, set_offload=link.set_offload)
         async with trio.open_nursery() as nursery:
             await nursery.start(stack.run)
             try:

@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a built-in service on the stack: echo:7, discard:9, chargen:19, "
         "http:80[:DIR] (repeatable)",
     )
+    up.add_argument(
+        "--offload", choices=("on", "off"),
+        help="checksum and segmentation offload through the TAP's virtio-net header "
+        "(default: on when the kernel accepts it)",
+    )
     up.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
 
     stat = sub.add_parser("stat", help="counters: Ip/Icmp MIBs, softnet_stat, ethtool -S")
@@ -110,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     ss = sub.add_parser("ss", help="the stack's sockets, like ss -tuanmi")
     ss.add_argument("tap", nargs="?", default=DEFAULT_TAP)
     _add_client_args(ss)
+
+    eth = sub.add_parser("ethtool", help="device features, counters and rings, like ethtool")
+    eth.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    mode = eth.add_mutually_exclusive_group()
+    mode.add_argument("-k", dest="show_features", action="store_true", help="show features")
+    mode.add_argument("-K", dest="set_features", nargs="+", metavar="FEATURE on|off",
+                      help="change features, e.g. -K gro off tso on")
+    mode.add_argument("-S", dest="stats", action="store_true", help="device counters")
+    mode.add_argument("-g", dest="rings", action="store_true", help="ring sizes")
+    _add_client_args(eth)
 
     nc = sub.add_parser("nc", help="netcat over the stack: stdin/stdout relayed via the daemon")
     nc.add_argument("args", nargs="+", metavar="[TAP] [HOST] PORT")
@@ -188,6 +203,7 @@ def _up_config(args: argparse.Namespace) -> Any:
         queues=args.queues, ring_size=args.ring_size,
         control=args.control or default_control_path(args.tap),
         host_config=not args.no_host_config, mac=mac, sysctl=sysctl, services=services,
+        offload=None if args.offload is None else args.offload == "on",
     )
 
 
@@ -457,6 +473,47 @@ def cmd_nc(args: argparse.Namespace) -> int:
                     deadline = time.monotonic() + args.quit_after
 
 
+# ethtool's short names for -K (ethtool(8): "tso", "gso", "gro", "rx", "tx", "sg", "lro").
+_FEATURE_ALIASES = {
+    "rx": "rx-checksumming", "tx": "tx-checksumming", "sg": "scatter-gather",
+    "tso": "tcp-segmentation-offload", "gso": "generic-segmentation-offload",
+    "gro": "generic-receive-offload", "lro": "large-receive-offload",
+}
+
+
+def cmd_ethtool(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {"cmd": "ethtool"}
+    if args.set_features:
+        words = args.set_features
+        if len(words) % 2:
+            raise UserError("ethtool -K takes FEATURE on|off pairs")
+        changes = {}
+        for name, value in zip(words[::2], words[1::2], strict=True):
+            if value not in ("on", "off"):
+                raise UserError(f"ethtool -K {name}: expected on or off, got {value!r}")
+            changes[_FEATURE_ALIASES.get(name, name)] = value == "on"
+        req["set"] = changes
+    result = _final(_control_path(args, args.tap), req)
+    if args.set_features:
+        return 0
+    if args.json:
+        key = "stats" if args.stats else "rings" if args.rings else "features"
+        print(json.dumps(result[key], indent=2))
+    elif args.stats:
+        print("NIC statistics:")
+        for name, value in result["stats"].items():
+            print(f"     {name}: {value}")
+    elif args.rings:
+        print(f"Ring parameters for {args.tap}:")
+        for name, value in result["rings"].items():
+            print(f"{name}:\t{value}")
+    else:
+        print(f"Features for {args.tap}:")
+        for name, on, fixed in result["features"]:
+            print(f"{name}: {'on' if on else 'off'}{' [fixed]' if fixed else ''}")
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up,
     "stat": cmd_stat,
@@ -466,6 +523,7 @@ COMMANDS = {
     "route": cmd_route,
     "ss": cmd_ss,
     "nc": cmd_nc,
+    "ethtool": cmd_ethtool,
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .net.ipv4 import ip_str
+from .nic.features import FeatureError
 from .services.nc import nc_tcp, nc_udp
 from .stack import Stack
 from .sysctl import SysctlError, format_value
@@ -44,6 +45,7 @@ class ControlServer:
             "neigh": self._neigh,
             "route": self._route,
             "ss": self._ss,
+            "ethtool": self._ethtool,
         }
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -152,6 +154,23 @@ class ControlServer:
 
     async def _route(self, request: dict[str, Any], send: Send) -> Any:
         return [r.describe() for r in self.stack.routes.routes()]
+
+    async def _ethtool(self, request: dict[str, Any], send: Send) -> Any:
+        """ethtool -k / -K / -S / -g on the stack's device."""
+        dev = self.stack.dev
+        changes = request.get("set")
+        if changes:
+            if not isinstance(changes, dict):
+                raise ControlError("malformed feature changes")
+            try:
+                dev.features.set({str(k): bool(v) for k, v in changes.items()})
+            except FeatureError as err:
+                raise ControlError(str(err)) from None
+        return {
+            "features": [[n, on, fixed] for n, on, fixed in dev.features.listing()],
+            "stats": dev.ethtool_stats(),
+            "rings": dev.rings(),
+        }
 
     async def _ss(self, request: dict[str, Any], send: Send) -> Any:
         return sockets_table(self.stack)

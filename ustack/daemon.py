@@ -37,6 +37,7 @@ class UpConfig:
     control: str
     host_config: bool = True
     services: list[ServiceSpec] = field(default_factory=list)
+    offload: bool | None = None
     mac: bytes | None = None
     sysctl: Sysctl = field(default_factory=Sysctl)
 
@@ -51,6 +52,7 @@ async def run_daemon(cfg: UpConfig) -> None:
         cfg.tap, str(cfg.addr), str(cfg.host_addr) if cfg.host_addr else None,
         gateway=str(cfg.gateway) if cfg.gateway else None, mtu=cfg.mtu, queues=cfg.queues,
         ring_size=cfg.ring_size, mac=cfg.mac, sysctl=cfg.sysctl, host_config=cfg.host_config,
+        offload=cfg.offload,
     ) as stack:
         control = ControlServer(stack, cfg.control)
         async with trio.open_nursery() as nursery:
@@ -69,6 +71,7 @@ async def run_daemon(cfg: UpConfig) -> None:
                 print(
                     f"ustack: {cfg.tap} ready: stack {cfg.addr} mac {mac_str(stack.mac)}, "
                     f"kernel side {kernel}, mtu {cfg.mtu}, queues {cfg.queues}, "
+                    f"offload {'on' if stack.dev.tx_csum else 'off'}, "
                     f"control {cfg.control}"
                     + "".join(f", {s.name} on {s.port}" for s in cfg.services),
                     flush=True,

@@ -68,6 +68,9 @@ class Stack:
         sysctl: Sysctl | None = None,
         ring_size: int = 256,
         vnet_hdr_len: int = 0,
+        hw_features: frozenset[str] = frozenset(),
+        features: set[str] | None = None,
+        set_offload: Callable[[int], None] | None = None,
     ) -> None:
         self.sysctl = sysctl if sysctl is not None else Sysctl()
         self.stats = Stats()
@@ -76,7 +79,8 @@ class Stack:
         self.softnet = Softnet(self.sysctl)
         self.dev = NetDevice(
             name, self.mac, links, self.softnet, mtu=mtu, ring_size=ring_size,
-            vnet_hdr_len=vnet_hdr_len,
+            vnet_hdr_len=vnet_hdr_len, hw_features=hw_features, features=features,
+            set_offload=set_offload,
         )
         self.dev.rx_handler = self.netif_receive_skb
         self.routes = RouteTable()
@@ -98,7 +102,8 @@ class Stack:
             quote[12:16], ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME, quote
         )
         self.udp = Udp(self.sysctl, self.stats, self.ipv4, self.icmp)
-        self.tcp = TcpV4(self.sysctl, self.stats, self.ipv4, self.timers, self.now)
+        self.tcp = TcpV4(self.sysctl, self.stats, self.ipv4, self.timers, self.now,
+                         lambda: (self.dev.tx_csum, self.dev.gso_max_size))
         # ptype_base: EtherType -> handler.
         self.ptype: dict[int, Callable[[Packet], None]] = {
             ETH_P_IP: self.ipv4.ip_rcv,

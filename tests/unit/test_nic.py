@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from ustack.buffer import (
     CHECKSUM_NONE,
@@ -29,6 +30,7 @@ from ustack.nic.device import (
     VIRTIO_NET_HDR_GSO_TCPV4,
     NetDevice,
 )
+from ustack.nic.features import GRO, GSO, TSO, TX_CSUM, FeatureError, Features
 from ustack.nic.napi import Napi, Softnet
 from ustack.nic.ring import Ring
 from ustack.sysctl import Sysctl
@@ -392,10 +394,14 @@ def eth(payload: bytes = b"", ethertype: int = 0x0800) -> bytes:
 
 
 def device(nq: int = 1, *, ring_size: int = 8, mtu: int = 1500, vnet: int = 0,
-           sysctl: Sysctl | None = None) -> tuple[NetDevice, list[FakeLink], list[Packet]]:
+           sysctl: Sysctl | None = None, hw: frozenset[str] | None = None,
+           ) -> tuple[NetDevice, list[FakeLink], list[Packet]]:
     links = [FakeLink() for _ in range(nq)]
+    if hw is None:
+        # A vnet header lets the kernel finish checksums and take super-frames.
+        hw = frozenset({TX_CSUM, TSO}) if vnet else frozenset()
     dev = NetDevice("eth9", MAC, links, Softnet(sysctl or Sysctl()), mtu=mtu,
-                    ring_size=ring_size, vnet_hdr_len=vnet)
+                    ring_size=ring_size, vnet_hdr_len=vnet, hw_features=hw)
     got: list[Packet] = []
     dev.rx_handler = got.append
     return dev, links, got
@@ -798,17 +804,85 @@ def test_tx_vnet_short_frame_is_padded_after_the_header() -> None:
 
 
 def test_tx_vnet_gso_packet_describes_the_segmentation() -> None:
-    """A GSO packet carries gso_type, gso_size and a header length in the vnet header."""
+    """A TSO super-frame carries gso_type, gso_size and the header length (vnet header)."""
     frame, l4, l4_len = tcp_frame()
     dev, links, _ = device(vnet=12)
     pkt = partial_packet(frame, l4, l4_len, 6, 16)
-    pkt.gso_size = 1448
+    pkt.gso_size = 5  # the 16-byte payload is more than one segment
     pkt.gso_type = VIRTIO_NET_HDR_GSO_TCPV4
     dev.start_xmit(pkt)
     dev.flush_tx()
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(
         links[0].written[0])
     assert flags == VIRTIO_NET_HDR_F_NEEDS_CSUM
-    assert (gso_type, gso_size) == (VIRTIO_NET_HDR_GSO_TCPV4, 1448)
-    assert hdr_len >= l4
+    assert (gso_type, gso_size) == (VIRTIO_NET_HDR_GSO_TCPV4, 5)
+    assert hdr_len == l4 + 20  # Ethernet + IP + TCP headers
+    assert len(links[0].written) == 1 and dev.ethtool_stats()["tx_tso_packets"] == 1
     assert (csum_start, csum_offset) == (l4, 16)
+
+
+def test_without_tso_a_super_segment_is_cut_in_software() -> None:
+    """tso off: the device runs GSO and writes MSS frames, counted as gso packets/segments."""
+    frame, l4, l4_len = tcp_frame()
+    dev, links, _ = device(vnet=12)
+    dev.features.set({TSO: False})
+    pkt = partial_packet(frame, l4, l4_len, 6, 16)
+    pkt.gso_size = 5
+    pkt.gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+    dev.start_xmit(pkt)
+    dev.flush_tx()
+    assert len(links[0].written) == 4  # 16 bytes in 5-byte segments
+    stats = dev.ethtool_stats()
+    assert stats["tx_gso_packets"] == 1 and stats["tx_gso_segments"] == 4
+    payload = b""
+    for out in links[0].written:
+        flags, gso_type, *_ = VNET.unpack_from(out)
+        assert gso_type == VIRTIO_NET_HDR_GSO_NONE and flags == VIRTIO_NET_HDR_F_NEEDS_CSUM
+        payload += Ether(out[12:])[Raw].load
+    assert payload == b"GET / HTTP/1.0\r\n"
+
+
+def test_tx_checksum_off_means_complete_checksums_on_the_wire() -> None:
+    """tx-checksumming off: a partial checksum is finished before the frame leaves."""
+    frame, l4, l4_len = tcp_frame()
+    dev, links, _ = device(vnet=12)
+    changed = dev.features.set({TX_CSUM: False})
+    assert changed == {TX_CSUM, TSO}  # TSO depends on it and goes too
+    dev.start_xmit(partial_packet(frame, l4, l4_len, 6, 16))
+    dev.flush_tx()
+    (out,) = links[0].written
+    assert VNET.unpack_from(out)[0] == 0
+    parsed = Ether(out[12:])
+    got = parsed[TCP].chksum
+    del parsed[TCP].chksum
+    assert got == Ether(bytes(parsed))[TCP].chksum
+
+
+def test_feature_rules() -> None:
+    """Unknown, unavailable and dependent features are refused as ethtool -K does."""
+    f = Features(frozenset())
+    assert GRO in f and GSO in f and TSO not in f
+    with pytest.raises(FeatureError):
+        f.set({"warp-drive": True})
+    with pytest.raises(FeatureError):
+        f.set({TSO: True})  # needs a link that takes super-frames
+    g = Features(frozenset({TX_CSUM, TSO}))
+    with pytest.raises(FeatureError):
+        g.set({TX_CSUM: False, TSO: True})
+    seen: list[set[str]] = []
+    g.on_change = seen.append
+    assert g.set({GRO: False}) == {GRO} and GRO not in seen[-1]
+    assert g.set({GRO: False}) == set() and len(seen) == 1
+
+
+def test_gro_off_delivers_frames_one_by_one() -> None:
+    """With generic-receive-offload off, the GRO contexts pass every frame straight up."""
+    dev, links, got = device(ring_size=64)
+    dev.features.set({GRO: False})
+    assert not dev.gro[0].enabled
+    frames = [bytes(Ether(dst=MAC, src=PEER) / IP(src="10.0.0.1", dst="10.0.0.2")
+                    / TCP(sport=1, dport=2, seq=1 + 100 * i, flags="A") / (b"x" * 100))
+              for i in range(4)]
+    links[0].rx.extend(frames)
+    dev.napi_poll(0, 64)
+    assert len(got) == 4

@@ -21,6 +21,12 @@ TUNGETFEATURES = 0x800454CF
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 
+# TUNSETOFFLOAD bits: what the kernel may hand us (include/uapi/linux/if_tun.h).
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+
 IFF_TAP = 0x0002
 IFF_NAPI = 0x0010
 IFF_MULTI_QUEUE = 0x0100
@@ -124,8 +130,22 @@ class Tap:
         return fd
 
     def set_offload(self, flags: int) -> None:
-        """TUNSETOFFLOAD: what the kernel may hand us (TUN_F_CSUM, TUN_F_TSO4 ...)."""
+        """TUNSETOFFLOAD: what the kernel may hand us (TUN_F_CSUM, TUN_F_TSO4 ...).
+
+        The flags are per device, so one queue's descriptor sets them for all.
+        """
         fcntl.ioctl(self.queues[0].fd, TUNSETOFFLOAD, flags)
+
+    def probe_offload(self) -> bool:
+        """Can the kernel hand us checksum-less frames and TSO super-frames?"""
+        if not self.vnet_hdr_len:
+            return False
+        try:
+            self.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
+            self.set_offload(0)
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         """Close every queue; a non-persistent TAP disappears with its last fd."""

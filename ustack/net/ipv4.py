@@ -236,9 +236,12 @@ class Ipv4:
 
     # ---- transmit -----------------------------------------------------------
 
-    def next_ident(self) -> int:
-        self._ident = (self._ident + 1) & 0xFFFF
-        return self._ident
+    def next_ident(self, segs: int = 1) -> int:
+        """The IP id for a packet; a GSO packet reserves one per segment
+        (``ip_select_ident_segs``), so its segments' ids never repeat the next one's."""
+        ident = (self._ident + 1) & 0xFFFF
+        self._ident = (self._ident + segs) & 0xFFFF
+        return ident
 
     def ip_output(
         self,
@@ -276,8 +279,9 @@ class Ipv4:
         off = pkt.push(IP_HLEN)
         pkt.net_off = off
         if tot_len <= mtu or pkt.gso_size:
+            segs = -(-payload_len // pkt.gso_size) if pkt.gso_size else 1
             IPHDR.pack_into(
-                pkt.buf, off, 0x45, tos, tot_len, self.next_ident(), IP_DF if df else 0,
+                pkt.buf, off, 0x45, tos, tot_len, self.next_ident(segs), IP_DF if df else 0,
                 ttl, proto, 0, src, dst,
             )
             csum = internet_checksum(memoryview(pkt.buf)[off : off + IP_HLEN])

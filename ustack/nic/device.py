@@ -18,6 +18,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..buffer import CHECKSUM_PARTIAL, CHECKSUM_UNNECESSARY, Packet, skb_checksum_help
+from .features import GRO, GRO_HW, RX_CSUM, TSO, TX_CSUM, Features
+from .gro import Gro
+from .gso import gso_segment
 from .napi import Napi, Softnet
 from .ring import Ring
 
@@ -57,7 +60,13 @@ DEVICE_COUNTERS = (
     "rx_packets", "rx_bytes", "rx_errors", "rx_dropped", "rx_length_errors",
     "rx_fifo_errors", "rx_missed_errors", "tx_packets", "tx_bytes", "tx_errors",
     "tx_dropped",
+    # Offload work: super-frames the kernel handed us, TSO super-frames we
+    # handed it, and software GSO (super-segments split, frames made).
+    "rx_gro_hw_packets", "tx_tso_packets", "tx_gso_packets", "tx_gso_segments",
 )
+# TUNSETOFFLOAD flags for the receive features (the kernel's TUN_F_* bits).
+_TUN_F_CSUM = 0x01
+_TUN_F_TSO = 0x02 | 0x04 | 0x08
 
 
 class NetDevice:
@@ -72,6 +81,9 @@ class NetDevice:
         mtu: int = 1500,
         ring_size: int = 256,
         vnet_hdr_len: int = 0,
+        hw_features: frozenset[str] = frozenset(),
+        features: set[str] | None = None,
+        set_offload: Callable[[int], None] | None = None,
     ) -> None:
         if not links:
             raise ValueError("a device needs at least one queue")
@@ -93,11 +105,40 @@ class NetDevice:
         ]
         # netif_receive_skb: set by the stack; takes a frame with mac_off set.
         self.rx_handler: Callable[[Packet], None] = lambda pkt: None
+        # One GRO context per NAPI instance, delivering to rx_handler.
+        self.gro = [Gro(self._gro_deliver) for _ in links]
+        self._set_offload = set_offload
+        self.features = Features(hw_features, features)
+        self.features.on_change = self._apply_features
+        self._apply_features(self.features.active)
         softnet.post_round.append(self.flush_tx)
 
     @property
     def num_queues(self) -> int:
         return len(self.links)
+
+    def _gro_deliver(self, pkt: Packet) -> None:
+        self.rx_handler(pkt)
+
+    def _apply_features(self, active: set[str]) -> None:
+        """Tell the link and the GRO contexts what is on (ndo_set_features)."""
+        for gro in self.gro:
+            gro.enabled = GRO in active
+        if self._set_offload is not None:
+            flags = (_TUN_F_CSUM if RX_CSUM in active else 0) | (
+                _TUN_F_TSO if GRO_HW in active else 0)
+            self._set_offload(flags)
+
+    @property
+    def gso_max_size(self) -> int:
+        """How big a TCP super-segment may be (``netif_sk_gso_max``); 0: MSS frames only."""
+        return 65536 - 1 if (TSO in self.features or "generic-segmentation-offload"
+                             in self.features) else 0
+
+    @property
+    def tx_csum(self) -> bool:
+        """May TCP leave checksums to the device (NETIF_F_HW_CSUM over the vnet header)?"""
+        return TX_CSUM in self.features and bool(self.vnet_hdr_len)
 
     # ---- receive ------------------------------------------------------------
 
@@ -138,7 +179,8 @@ class NetDevice:
         counters = self.counters
         vlen = self.vnet_hdr_len
         max_frame = self.mtu + ETH_HLEN + VLAN_HLEN
-        handler = self.rx_handler
+        gro = self.gro[q]
+        handler = gro.receive if gro.enabled else self.rx_handler
         work = 0
         while work < budget and ring:
             frame = ring.pop()
@@ -157,8 +199,12 @@ class NetDevice:
             qs.rx_bytes += n
             counters["rx_packets"] += 1
             counters["rx_bytes"] += n
+            if pkt.gso_size:
+                counters["rx_gro_hw_packets"] += 1
             pkt.mac_off = vlen
             handler(pkt)
+        # napi_gro_flush at the end of each poll: nothing is held across polls.
+        gro.flush()
         return work
 
     def _parse_vnet_hdr(self, pkt: Packet, frame: bytes) -> None:
@@ -198,28 +244,55 @@ class NetDevice:
         qs = self.qstats[q]
         counters = self.counters
         vlen = self.vnet_hdr_len
+        features = self.features
         for pkt in self.tx_rings[q].drain():
-            if vlen:
-                self._push_vnet_hdr(pkt)
-            elif pkt.ip_summed == CHECKSUM_PARTIAL:
-                skb_checksum_help(pkt)
-            n = len(pkt) - vlen
-            if n < ETH_ZLEN:
-                # Short frames are padded to the Ethernet minimum with zeros, as a
-                # NIC does; never with stale buffer bytes (CVE-2003-0001, Etherleak).
-                del pkt.buf[pkt.tail :]
-                pkt.buf.extend(bytes(ETH_ZLEN - n))
-                pkt.tail = len(pkt.buf)
-                n = ETH_ZLEN
-            if link.write_frame(pkt.data()):
-                qs.tx_packets += 1
-                qs.tx_bytes += n
-                counters["tx_packets"] += 1
-                counters["tx_bytes"] += n
-            else:
-                qs.tx_drops += 1
-                counters["tx_dropped"] += 1
-                counters["tx_errors"] += 1
+            if pkt.gso_size and len(pkt) - _headers_len(pkt) > pkt.gso_size:
+                if TSO in features and vlen and pkt.ip_summed == CHECKSUM_PARTIAL:
+                    # The kernel takes the super-frame whole (virtio GSO_TCPV4).
+                    counters["tx_tso_packets"] += 1
+                    self._write(link, qs, pkt, vlen)
+                    continue
+                # validate_xmit_skb -> skb_gso_segment: cut it here, in software.
+                try:
+                    segs = gso_segment(pkt, csum_offload=vlen > 0 and TX_CSUM in features)
+                except ValueError:
+                    # Not TCP/IPv4 or malformed: the kernel drops it (-EINVAL).
+                    qs.tx_drops += 1
+                    counters["tx_dropped"] += 1
+                    counters["tx_errors"] += 1
+                    continue
+                counters["tx_gso_packets"] += 1
+                counters["tx_gso_segments"] += len(segs)
+                for seg in segs:
+                    self._write(link, qs, seg, vlen)
+                continue
+            pkt.gso_size = 0
+            self._write(link, qs, pkt, vlen)
+
+    def _write(self, link: Any, qs: QueueStats, pkt: Packet, vlen: int) -> None:
+        """Hand one frame to the link, finishing its checksum if the link cannot."""
+        if pkt.ip_summed == CHECKSUM_PARTIAL and not (vlen and TX_CSUM in self.features):
+            skb_checksum_help(pkt)
+        n = len(pkt)
+        if n < ETH_ZLEN:
+            # Short frames are padded to the Ethernet minimum with zeros, as a
+            # NIC does; never with stale buffer bytes (CVE-2003-0001, Etherleak).
+            del pkt.buf[pkt.tail :]
+            pkt.buf.extend(bytes(ETH_ZLEN - n))
+            pkt.tail = len(pkt.buf)
+            n = ETH_ZLEN
+        if vlen:
+            self._push_vnet_hdr(pkt)
+        counters = self.counters
+        if link.write_frame(pkt.data()):
+            qs.tx_packets += 1
+            qs.tx_bytes += n
+            counters["tx_packets"] += 1
+            counters["tx_bytes"] += n
+        else:
+            qs.tx_drops += 1
+            counters["tx_dropped"] += 1
+            counters["tx_errors"] += 1
 
     def _push_vnet_hdr(self, pkt: Packet) -> None:
         start = pkt.head
@@ -230,8 +303,10 @@ class NetDevice:
             flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
             csum_start = pkt.csum_start - start
             csum_offset = pkt.csum_offset
-        gso_type = pkt.gso_type if pkt.gso_size else VIRTIO_NET_HDR_GSO_NONE
-        hdr_len = (pkt.trans_off - start) if pkt.gso_size else 0
+        # The virtio field is one byte: the TCPV4 type and its ECN bit.
+        gso_type = (pkt.gso_type & 0xFF) if pkt.gso_size else VIRTIO_NET_HDR_GSO_NONE
+        # hdr_len covers every header up to the TCP payload (virtio spec 5.1.6.2).
+        hdr_len = _headers_len(pkt) - self.vnet_hdr_len if pkt.gso_size else 0
         VNET_HDR.pack_into(
             pkt.buf, off, flags, gso_type, hdr_len, pkt.gso_size, csum_start, csum_offset
         )
@@ -245,6 +320,9 @@ class NetDevice:
     def ethtool_stats(self) -> dict[str, int]:
         """Counters as ``ethtool -S`` prints them: device totals, then per queue."""
         out = dict(self.counters)
+        for gro in self.gro:
+            for name, value in gro.counters.items():
+                out[f"rx_{name}"] = out.get(f"rx_{name}", 0) + value
         for i, qs in enumerate(self.qstats):
             out[f"rx_queue_{i}_packets"] = qs.rx_packets
             out[f"rx_queue_{i}_bytes"] = qs.rx_bytes
@@ -263,3 +341,7 @@ class NetDevice:
             **{f"rx_queue_{i}_fill": len(r) for i, r in enumerate(self.rx_rings)},
         }
 
+
+def _headers_len(pkt: Packet) -> int:
+    """Bytes from ``pkt.head`` to the TCP payload of an outgoing TCP packet."""
+    return pkt.trans_off - pkt.head + ((pkt.buf[pkt.trans_off + 12] >> 4) << 2)
