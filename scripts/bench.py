@@ -1,0 +1,768 @@
+"""Benchmark ustack against the Linux kernel's own TCP, side by side, in one run.
+
+Usage (as root; ``scripts/bench`` sets the machine up first and runs this)::
+
+    scripts/bench [--quick] [--json FILE]
+
+Three peers are measured by the same client program, a plain Python program
+using the kernel's sockets, always from the kernel of a private network
+namespace:
+
+kernel veth
+    Two namespaces joined by a veth pair (10.0.0.1 <-> 10.0.0.2). The peer is
+    the kernel of the second namespace, running Python servers: ustack's own
+    echo, discard and HTTP service code (``ustack.services``) on trio over
+    kernel sockets. So the server code, trio and the client are the same as
+    in the ustack columns, and the only difference is the peer's TCP/IP stack.
+ustack offload on / ustack offload off
+    One fresh namespace each, with ``ustack up tap0 --addr 10.0.0.2/24
+    --host-addr 10.0.0.1/24 --offload on|off --serve echo:7 --serve discard:9
+    --serve http:80``. "on" lets the kernel and ustack exchange 64 KB TCP
+    super-frames with partial checksums through the TAP's virtio-net header;
+    "off" moves MTU-sized frames. If this ustack has no ``--offload`` option
+    (``ustack up --help`` does not mention it) both columns run with its
+    default and the output says that offload control was unavailable.
+
+What each number measures (MB = 10**6 bytes; every loop is bounded in count
+and in time; a socket operation that stalls for ``io_timeout`` fails the
+measurement instead of hanging):
+
+bulk kernel->peer (MB/s)
+    The client connects to the peer's discard port 9, sends N bytes, shuts
+    its sending side down and reads until EOF. The peer's discard service
+    closes only after its application has read every byte, so the clock stops
+    when the peer has the data, not when it sits in the kernel's send buffer.
+    N is chosen from a probe transfer so that one run lasts about
+    ``bulk_seconds``; the median of ``bulk_runs`` runs is reported.
+bulk peer->kernel (MB/s)
+    ``GET /bytes/N`` from the peer's HTTP server on port 80, timed from the
+    request until the last body byte is in the client. N is sized like above.
+RR latency median / p99 (us)
+    One connection to the echo port 7, TCP_NODELAY: send 1 byte, wait for the
+    1-byte echo, repeated ``rr_count`` times after a warm-up. Median and 99th
+    percentile (nearest rank) of the round-trip times.
+connections (/s)
+    ``conn_count`` times: connect to echo, send 1 byte, read its echo, close.
+    Completed connections divided by the elapsed time.
+
+The table's ratio columns are ustack divided by kernel for every row: below 1
+is slower for throughput and connections, above 1 is slower for latency.
+``--json FILE`` writes every number, the raw runs, the sizes used and the
+machine (nproc, CPU model, ``uname -r``, Python version, date).
+
+Namespaces (named ``ustack-bench-PID-*``), servers and daemons are removed on
+exit, including on Ctrl-C and SIGTERM. No packet leaves those namespaces.
+
+The script also runs itself in two internal roles inside a namespace:
+``bench.py _serve`` (the kernel baseline's servers) and ``bench.py _client
+HOST SIZES_JSON`` (the client; one JSON line per measurement on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PROG = "scripts/bench"
+REPO = Path(__file__).resolve().parents[1]
+PEER = "10.0.0.2"
+KERNEL = "10.0.0.1"
+PREFIX = 24
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each measurement does (and its time bounds)."""
+
+    probe_bytes: int  # first transfer of each bulk test, to size the real ones
+    bulk_runs: int  # timed bulk transfers per direction; the median is reported
+    bulk_seconds: float  # what one timed bulk run should last
+    bulk_max_bytes: int  # cap on one bulk run
+    rr_count: int  # 1-byte round trips
+    rr_seconds: float  # ... or until this much time has passed
+    conn_count: int  # connections opened
+    conn_seconds: float  # ... or until this much time has passed
+    io_timeout: float  # a socket operation blocked this long fails the measurement
+
+
+QUICK = Sizes(probe_bytes=1 << 20, bulk_runs=1, bulk_seconds=0.3, bulk_max_bytes=1 << 30,
+              rr_count=300, rr_seconds=3.0, conn_count=50, conn_seconds=3.0, io_timeout=10.0)
+# About 20 s per column on 2 cores, over a minute in all.
+DEFAULT = Sizes(probe_bytes=16 << 20, bulk_runs=3, bulk_seconds=2.5, bulk_max_bytes=16 << 30,
+                rr_count=10000, rr_seconds=10.0, conn_count=2000, conn_seconds=10.0,
+                io_timeout=15.0)
+
+# (key, label, unit): the table's rows, in order.
+MEASUREMENTS = [
+    ("bulk_kernel_to_peer_MBps", "bulk kernel->peer", "MB/s"),
+    ("bulk_peer_to_kernel_MBps", "bulk peer->kernel", "MB/s"),
+    ("rr_median_us", "RR latency median", "us"),
+    ("rr_p99_us", "RR latency p99", "us"),
+    ("connections_per_s", "connections", "/s"),
+]
+# (key, label): the table's measured columns, in order; the first is the baseline.
+COLUMNS = [
+    ("kernel_veth", "kernel veth"),
+    ("ustack_offload_on", "ustack offload on"),
+    ("ustack_offload_off", "ustack offload off"),
+]
+
+
+class BenchError(Exception):
+    """A problem worth one line on stderr and exit status 1."""
+
+
+def say(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- client role
+# Runs inside the kernel's namespace; plain blocking kernel sockets, no ustack.
+
+
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    s = socket.create_connection((host, port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def bulk_send(host: str, nbytes: int, deadline: float, timeout: float) -> dict[str, Any]:
+    """Send *nbytes* to discard:9, then shutdown(SHUT_WR) and wait for the peer's EOF."""
+    payload = memoryview(os.urandom(1 << 20))
+    with _connect(host, 9, timeout) as s:
+        sent = 0
+        start = time.perf_counter()
+        while sent < nbytes and time.perf_counter() < deadline:
+            sent += s.send(payload[: min(len(payload), nbytes - sent)])
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(65536):  # discard sends nothing: this waits for its FIN
+            pass
+        elapsed = time.perf_counter() - start
+    return {"bytes": sent, "seconds": elapsed, "truncated": sent < nbytes}
+
+
+def bulk_get(host: str, nbytes: int, deadline: float, timeout: float) -> dict[str, Any]:
+    """``GET /bytes/N`` from http:80, timed until the last body byte has arrived."""
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with _connect(host, 80, timeout) as s:
+        start = time.perf_counter()
+        s.sendall(f"GET /bytes/{nbytes} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            if len(head) > 65536:
+                raise OSError("response head too large")
+            n = s.recv_into(view)
+            if not n:
+                raise OSError("connection closed before the response head")
+            head += view[:n]
+        head, _, body = head.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0]
+        if b" 200 " not in status + b" ":
+            raise OSError(f"GET /bytes/{nbytes}: {status.decode(errors='replace')}")
+        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if not match or int(match.group(1)) != nbytes:
+            raise OSError(f"GET /bytes/{nbytes}: bad Content-Length")
+        got = len(body)
+        while got < nbytes and time.perf_counter() < deadline:
+            n = s.recv_into(view, min(len(buf), nbytes - got))
+            if not n:
+                raise OSError(f"connection closed after {got} of {nbytes} body bytes")
+            got += n
+        elapsed = time.perf_counter() - start
+    return {"bytes": got, "seconds": elapsed, "truncated": got < nbytes}
+
+
+def bulk(kind: str, host: str, sz: Sizes) -> dict[str, Any]:
+    """A probe, then ``bulk_runs`` runs sized to last about ``bulk_seconds``."""
+    fn = bulk_send if kind == "send" else bulk_get
+    probe = fn(host, sz.probe_bytes, time.perf_counter() + 4 * sz.bulk_seconds + 5,
+               sz.io_timeout)
+    rate = probe["bytes"] / probe["seconds"]
+    nbytes = int(min(sz.bulk_max_bytes, max(sz.probe_bytes, rate * sz.bulk_seconds)))
+    runs = []
+    for _ in range(sz.bulk_runs):
+        # A run may take 4x longer than the probe promised; then it stops
+        # early and counts what was delivered by then.
+        runs.append(fn(host, nbytes, time.perf_counter() + 4 * sz.bulk_seconds, sz.io_timeout))
+    rates = [r["bytes"] / r["seconds"] / 1e6 for r in runs]
+    return {"value": statistics.median(rates), "runs_MBps": rates, "run_bytes": nbytes,
+            "probe": probe, "truncated_runs": sum(r["truncated"] for r in runs)}
+
+
+def nearest_rank(sorted_values: list[float], pct: float) -> float:
+    """The *pct* percentile by nearest rank (a value that was measured)."""
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def request_response(host: str, sz: Sizes) -> dict[str, Any]:
+    """1-byte ping-pong over echo:7; round-trip times in microseconds."""
+    samples: list[float] = []
+    with _connect(host, 7, sz.io_timeout) as s:
+        for _ in range(min(100, sz.rr_count)):  # warm-up, not counted
+            s.sendall(b"w")
+            if s.recv(1) != b"w":
+                raise OSError("echo answered wrongly during warm-up")
+        clock = time.perf_counter_ns
+        deadline = clock() + int(sz.rr_seconds * 1e9)
+        for _ in range(sz.rr_count):
+            t0 = clock()
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                raise OSError("echo answered wrongly")
+            t1 = clock()
+            samples.append((t1 - t0) / 1000)
+            if t1 > deadline:
+                break
+    samples.sort()
+    return {"median": statistics.median(samples), "p99": nearest_rank(samples, 99),
+            "min": samples[0], "max": samples[-1], "round_trips": len(samples)}
+
+
+def connections(host: str, sz: Sizes) -> dict[str, Any]:
+    """connect, 1 byte each way with echo:7, close; connections per second."""
+    done = 0
+    start = time.perf_counter()
+    deadline = start + sz.conn_seconds
+    while done < sz.conn_count and time.perf_counter() < deadline:
+        with _connect(host, 7, sz.io_timeout) as s:
+            s.sendall(b"c")
+            if s.recv(1) != b"c":
+                raise OSError("echo answered wrongly")
+        done += 1
+    elapsed = time.perf_counter() - start
+    return {"value": done / elapsed, "connections": done, "seconds": elapsed}
+
+
+def client_main(host: str, sizes_json: str) -> int:
+    """The client role: run every measurement against *host*, one JSON line each."""
+    sz = Sizes(**json.loads(sizes_json))
+
+    def emit(record: dict[str, Any]) -> None:
+        print(json.dumps(record), flush=True)
+
+    # Warm up: the first connection also resolves ARP and fills caches.
+    try:
+        with _connect(host, 7, sz.io_timeout) as s:
+            s.sendall(b"hello")
+            s.recv(5)
+    except OSError as err:
+        emit({"test": "warmup", "error": f"cannot reach {host}:7: {err}"})
+        return 1
+
+    tests = [
+        ("bulk_kernel_to_peer", lambda: bulk("send", host, sz)),
+        ("bulk_peer_to_kernel", lambda: bulk("get", host, sz)),
+        ("rr", lambda: request_response(host, sz)),
+        ("connections", lambda: connections(host, sz)),
+    ]
+    status = 0
+    for name, fn in tests:
+        try:
+            emit({"test": name, **fn()})
+        except (OSError, ValueError) as err:
+            emit({"test": name, "error": f"{type(err).__name__}: {err}"})
+            status = 1
+    return status
+
+
+# --------------------------------------------------------------------------- server role
+# The kernel baseline's peer: ustack's service code over trio's kernel sockets.
+
+
+def serve_main() -> int:
+    """The ``_serve`` role: echo:7, discard:9 and http:80 on kernel sockets."""
+    import trio
+
+    from ustack.services import parse_spec, run_service
+
+    class KernelSocket:
+        """A trio socket with what ustack's services also use: ``sendall``."""
+
+        def __init__(self, sock: Any) -> None:
+            self._sock = sock
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._sock, name)
+
+        async def accept(self) -> tuple[KernelSocket, Any]:
+            conn, addr = await self._sock.accept()
+            return KernelSocket(conn), addr
+
+        async def sendall(self, data: bytes | memoryview) -> None:
+            view = memoryview(data)
+            while view:
+                sent = await self._sock.send(view)
+                view = view[sent:]
+
+    class KernelStack:
+        """The part of ustack's Stack that the services use."""
+
+        def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM,
+                   proto: int = 0) -> KernelSocket:
+            return KernelSocket(trio.socket.socket(family, type, proto))
+
+    async def main() -> None:
+        stack = KernelStack()
+        async with trio.open_nursery() as nursery:
+            for spec in ("echo:7", "discard:9", "http:80"):
+                await nursery.start(run_service, parse_spec(spec), stack)
+            print("ready", flush=True)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        trio.run(main)
+    return 0
+
+
+# --------------------------------------------------------------------------- the lab
+
+
+def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{' '.join(argv)} took over {timeout:.0f} s") from None
+
+
+def _check(argv: list[str], what: str) -> str:
+    p = _run(argv)
+    if p.returncode != 0:
+        msg = (p.stderr or p.stdout).strip().splitlines()
+        raise BenchError(f"{what} failed: {msg[-1] if msg else f'exit {p.returncode}'}")
+    return p.stdout
+
+
+class Lab:
+    """Namespaces and processes of this run; :meth:`cleanup` removes all of them."""
+
+    def __init__(self) -> None:
+        self.tag = f"ustack-bench-{os.getpid()}"
+        self.dir = Path(tempfile.mkdtemp(prefix="ustack-bench-"))
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+
+    def netns(self, suffix: str) -> str:
+        name = f"{self.tag}-{suffix}"
+        _check(["ip", "netns", "add", name], f"ip netns add {name}")
+        self.namespaces.append(name)
+        _check(["ip", "-n", name, "link", "set", "lo", "up"], "ip link set lo up")
+        return name
+
+    def start(self, ns: str, argv: list[str], log: Path,
+              stdout: int | None = None) -> subprocess.Popen:
+        """Start *argv* in *ns* in its own session (a terminal's Ctrl-C reaches us only)."""
+        with open(log, "wb") as f:
+            p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL,
+                                 stdout=stdout if stdout is not None else f, stderr=f,
+                                 start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, grace: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after *grace* seconds; the exit status."""
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+        return p.returncode
+
+    def remove_netns(self, name: str) -> None:
+        # Anything still running in it is ours (we made the namespace).
+        pids = _run(["ip", "netns", "pids", name]).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        _run(["ip", "netns", "del", name])
+        if name in self.namespaces:
+            self.namespaces.remove(name)
+
+    def cleanup(self) -> None:
+        for p in list(self.procs):
+            self.stop(p, grace=5.0)
+        for name in list(self.namespaces):
+            self.remove_netns(name)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_ready(p: subprocess.Popen, log: Path, what: str, timeout: float = 30.0) -> str:
+    """Wait until *log* has a line with "ready"; that line."""
+    end = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace")
+        for line in text.splitlines():
+            if "ready" in line:
+                return line
+        if p.poll() is not None:
+            tail = text.strip().splitlines()
+            raise BenchError(f"{what} exited {p.returncode} before it was ready"
+                             + (f": {tail[-1]}" if tail else ""))
+        if time.monotonic() > end:
+            raise BenchError(f"{what} was not ready within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def run_client(lab: Lab, ns: str, column: str, sz: Sizes) -> dict[str, Any]:
+    """Run the client role in *ns* against PEER; print progress; its records by test."""
+    label = dict(COLUMNS)[column]
+    argv = [sys.executable, str(Path(__file__).resolve()), "_client", PEER,
+            json.dumps(asdict(sz))]
+    log = lab.dir / f"client-{column}.log"
+    p = lab.start(ns, argv, log, stdout=subprocess.PIPE)
+    # The client bounds itself; this is the backstop if a peer wedges it.
+    budget = (2 * sz.bulk_runs + 2) * (4 * sz.bulk_seconds + sz.io_timeout + 5) \
+        + sz.rr_seconds + sz.conn_seconds + 4 * sz.io_timeout + 30
+    watchdog = threading.Timer(budget, p.kill)
+    watchdog.start()
+    records: dict[str, Any] = {}
+    try:
+        assert p.stdout is not None
+        for raw in p.stdout:
+            rec = json.loads(raw)
+            records[rec["test"]] = rec
+            say(f"{label}: {describe(rec)}")
+        p.wait()
+    finally:
+        watchdog.cancel()
+        lab.stop(p)
+    if p.returncode not in (0, 1):
+        tail = log.read_text(errors="replace").strip().splitlines()
+        raise BenchError(f"client against {label} died (status {p.returncode})"
+                         + (f": {tail[-1]}" if tail else ""))
+    return records
+
+
+def describe(rec: dict[str, Any]) -> str:
+    """One progress line for one client record."""
+    names = {"bulk_kernel_to_peer": "bulk kernel->peer", "bulk_peer_to_kernel":
+             "bulk peer->kernel", "rr": "RR latency", "connections": "connections",
+             "warmup": "warm-up"}
+    name = names.get(rec["test"], rec["test"])
+    if "error" in rec:
+        return f"{name}: FAILED: {rec['error']}"
+    if rec["test"].startswith("bulk"):
+        n = len(rec["runs_MBps"])
+        return (f"{name}: {rec['value']:.1f} MB/s (median of {n} run{'s' * (n != 1)} "
+                f"of {rec['run_bytes'] / 1e6:.1f} MB)")
+    if rec["test"] == "rr":
+        return (f"{name}: median {rec['median']:.1f} us, p99 {rec['p99']:.1f} us "
+                f"({rec['round_trips']} round trips)")
+    return f"{name}: {rec['value']:.0f}/s ({rec['connections']} in {rec['seconds']:.2f} s)"
+
+
+def values_of(records: dict[str, Any]) -> dict[str, float | None]:
+    """The table's rows from one column's client records (None = failed)."""
+
+    def get(test: str, field: str) -> float | None:
+        rec = records.get(test)
+        return None if rec is None or "error" in rec else float(rec[field])
+
+    return {
+        "bulk_kernel_to_peer_MBps": get("bulk_kernel_to_peer", "value"),
+        "bulk_peer_to_kernel_MBps": get("bulk_peer_to_kernel", "value"),
+        "rr_median_us": get("rr", "median"),
+        "rr_p99_us": get("rr", "p99"),
+        "connections_per_s": get("connections", "value"),
+    }
+
+
+def measure_kernel(lab: Lab, sz: Sizes) -> dict[str, Any]:
+    """Column (a): client namespace --veth-- server namespace."""
+    say("kernel veth: two namespaces joined by a veth pair, Python servers on kernel sockets")
+    client_ns, server_ns = lab.netns("kcli"), lab.netns("ksrv")
+    _check(["ip", "-n", client_ns, "link", "add", "veth0", "type", "veth",
+            "peer", "name", "veth1", "netns", server_ns], "ip link add veth")
+    for ns, dev, addr in ((client_ns, "veth0", KERNEL), (server_ns, "veth1", PEER)):
+        _check(["ip", "-n", ns, "addr", "add", f"{addr}/{PREFIX}", "dev", dev], "ip addr add")
+        _check(["ip", "-n", ns, "link", "set", dev, "up"], "ip link set up")
+    log = lab.dir / "kernel-server.log"
+    server = lab.start(server_ns, [sys.executable, str(Path(__file__).resolve()), "_serve"],
+                       log)
+    try:
+        wait_ready(server, log, "the kernel baseline's Python server")
+        records = run_client(lab, client_ns, "kernel_veth", sz)
+    finally:
+        lab.stop(server)
+        lab.remove_netns(client_ns)
+        lab.remove_netns(server_ns)
+    return {"records": records, "features": tap_features(None)}
+
+
+def tap_features(ns: str | None, dev: str = "tap0") -> dict[str, str]:
+    """Offload features of the kernel's side of *dev*, as ``ethtool -k`` shows them."""
+    if ns is None or shutil.which("ethtool") is None:
+        return {}
+    out = _run(["ip", "netns", "exec", ns, "ethtool", "-k", dev]).stdout
+    wanted = ("tx-checksumming", "tcp-segmentation-offload", "generic-segmentation-offload",
+              "generic-receive-offload")
+    feats = {}
+    for line in out.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in wanted:
+            feats[name.strip()] = value.strip()
+    return feats
+
+
+def measure_ustack(lab: Lab, sz: Sizes, ustack: str, offload: str | None,
+                   column: str) -> dict[str, Any]:
+    """Columns (b) and (c): the kernel of a fresh namespace <-tap0-> ``ustack up``."""
+    label = dict(COLUMNS)[column]
+    ns = lab.netns("on" if column.endswith("on") else "off")
+    control = lab.dir / f"{column}.sock"
+    argv = [ustack, "up", "tap0", "--addr", f"{PEER}/{PREFIX}",
+            "--host-addr", f"{KERNEL}/{PREFIX}"]
+    if offload is not None:
+        argv += ["--offload", offload]
+    argv += ["--serve", "echo:7", "--serve", "discard:9", "--serve", "http:80",
+             "--control", str(control)]
+    say(f"{label}: {' '.join(argv[1:])}")
+    log = lab.dir / f"daemon-{column}.log"
+    daemon = lab.start(ns, argv, log)
+    stat: dict[str, Any] = {}
+    try:
+        ready = wait_ready(daemon, log, "ustack up")
+        features = tap_features(ns)
+        records = run_client(lab, ns, column, sz)
+        if daemon.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()
+            raise BenchError(f"ustack up ({label}) exited {daemon.returncode} during the run"
+                             + (f": {tail[-1]}" if tail else ""))
+        p = _run([ustack, "stat", "tap0", "--json", "--control", str(control)])
+        if p.returncode == 0:
+            with contextlib.suppress(ValueError):
+                stat = json.loads(p.stdout).get("Tcp", {})
+        status = lab.stop(daemon)
+        problems = log.read_text(errors="replace").count("Traceback")
+    finally:
+        lab.stop(daemon)
+        lab.remove_netns(ns)
+    reported = re.search(r"offload (on|off)", ready)
+    return {"records": records, "ready_line": ready, "features": features,
+            "reported_offload": reported.group(1) if reported else None,
+            "tcp_counters": stat, "daemon_exit_status": status,
+            "daemon_tracebacks": problems}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict[str, Any]:
+    model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = None
+    if shutil.which("git"):
+        p = _run(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+        commit = p.stdout.strip() or None
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "ustack_commit": commit,
+    }
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or base == 0:
+        return None
+    return value / base
+
+
+def table(results: dict[str, dict[str, float | None]]) -> str:
+    """The text table: measurements x (columns + ustack/kernel ratios)."""
+    base = COLUMNS[0][0]
+    heads = ["measurement"] + [lbl for _, lbl in COLUMNS] \
+        + [f"{lbl.removeprefix('ustack ')} / kernel" for _, lbl in COLUMNS[1:]]
+    rows = []
+    for key, label, unit in MEASUREMENTS:
+        row = [f"{label} ({unit})"]
+        for col, _ in COLUMNS:
+            v = results[col][key]
+            row.append("failed" if v is None else f"{v:.1f}" if v < 1000 else f"{v:.0f}")
+        for col, _ in COLUMNS[1:]:
+            r = ratio(results[col][key], results[base][key])
+            row.append("-" if r is None else f"{r:.3f}" if r < 10 else f"{r:.1f}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+
+    def fmt(r: list[str]) -> str:
+        cells = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        return "  ".join([r[0].ljust(widths[0]), *cells])
+
+    return "\n".join([fmt(heads), *(fmt(r) for r in rows)])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def preflight() -> tuple[str, bool]:
+    """Check privileges and tools; the ustack command and whether it has --offload."""
+    if os.geteuid() != 0:
+        raise BenchError("must run as root (it creates network namespaces and TAPs)")
+    for tool in ("ip",):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is missing (scripts/bench installs iproute2)")
+    if not os.path.exists("/dev/net/tun"):
+        raise BenchError("/dev/net/tun is missing (modprobe tun)")
+    ustack = Path(sys.executable).with_name("ustack")
+    if not ustack.exists():
+        found = shutil.which("ustack")
+        if found is None:
+            raise BenchError(f"no ustack command next to {sys.executable} (run scripts/bench, "
+                             "which installs .venv)")
+        ustack = Path(found)
+    p = _run([str(ustack), "up", "--help"])
+    if p.returncode != 0:
+        msg = (p.stderr or p.stdout).strip().splitlines()
+        raise BenchError(f"`ustack up --help` failed: {msg[-1] if msg else p.returncode}")
+    return str(ustack), "--offload" in p.stdout
+
+
+@contextlib.contextmanager
+def signals_as_exit() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C, so cleanup runs."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def bench(args: argparse.Namespace) -> int:
+    sz = QUICK if args.quick else DEFAULT
+    ustack, has_offload = preflight()
+    if not has_offload:
+        say("this ustack has no `ustack up --offload`: offload control unavailable, both "
+            "ustack columns run with its default")
+    started = time.monotonic()
+    details: dict[str, Any] = {}
+    lab = Lab()
+    with signals_as_exit():
+        try:
+            details["kernel_veth"] = measure_kernel(lab, sz)
+            details["ustack_offload_on"] = measure_ustack(
+                lab, sz, ustack, "on" if has_offload else None, "ustack_offload_on")
+            details["ustack_offload_off"] = measure_ustack(
+                lab, sz, ustack, "off" if has_offload else None, "ustack_offload_off")
+        finally:
+            # A second Ctrl-C must not cut the cleanup short.
+            old = {s: signal.signal(s, signal.SIG_IGN)
+                   for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+            lab.cleanup()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    results = {col: values_of(details[col]["records"]) for col, _ in COLUMNS}
+    failed = [f"{col}.{key}" for col in results for key, v in results[col].items() if v is None]
+    print(table(results))
+    notes = ["ratio = ustack / kernel: below 1 is slower for MB/s and /s, above 1 is slower "
+             "for latency"]
+    if not has_offload:
+        notes.append("offload control unavailable: this ustack has no `ustack up --offload`, "
+                     "so both ustack columns ran with its default")
+    for col, _ in COLUMNS[1:]:
+        rep = details[col].get("reported_offload")
+        if rep is not None:
+            notes.append(f"{col}: ustack up reported offload {rep}; kernel side of tap0: "
+                         + ", ".join(f"{k} {v}" for k, v in details[col]["features"].items()))
+    for note in notes:
+        print(f"note: {note}")
+    elapsed = time.monotonic() - started
+    say(f"done in {elapsed:.0f} s")
+
+    if args.json:
+        out = {
+            "tool": "ustack scripts/bench",
+            "mode": "quick" if args.quick else "default",
+            "machine": machine_info(),
+            "offload_control": has_offload,
+            "columns": [c for c, _ in COLUMNS],
+            "units": {k: u for k, _, u in MEASUREMENTS},
+            "results": {
+                key: {
+                    **{col: results[col][key] for col, _ in COLUMNS},
+                    **{f"ratio_{col}": ratio(results[col][key], results[COLUMNS[0][0]][key])
+                       for col, _ in COLUMNS[1:]},
+                }
+                for key, _, _ in MEASUREMENTS
+            },
+            "details": details,
+            "sizes": asdict(sz),
+            "failed": failed,
+            "seconds": elapsed,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        say(f"wrote {args.json}")
+    if failed:
+        say(f"{len(failed)} measurement(s) failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_client"] and len(argv) == 3:
+        return client_main(argv[1], argv[2])
+    if argv == ["_serve"]:
+        return serve_main()
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Measure the kernel over veth and ustack (offload on and off) "
+        "side by side: bulk throughput each way, 1-byte RR latency, connections/s. Needs root; "
+        "everything runs in network namespaces of its own.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, a few seconds in total (for tests)")
+    parser.add_argument("--json", metavar="FILE", help="also write every number and the "
+                        "machine's description to FILE")
+    args = parser.parse_args(argv)
+    try:
+        return bench(args)
+    except BenchError as err:
+        say(str(err))
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; namespaces and daemons removed")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
