@@ -46,6 +46,8 @@ from .transport.tcp_ipv4 import TcpV4
 from .transport.udp import Udp
 
 log = logging.getLogger(__name__)
+# __do_softirq restarts at most this many times before waking ksoftirqd.
+MAX_SOFTIRQ_RESTART = 10
 
 
 def random_mac() -> bytes:
@@ -114,7 +116,6 @@ class Stack:
         self._in_softirq = False
         self._softirq_event = trio.Event()
         self._timer_event = trio.Event()
-        self._tx_event = trio.Event()
         self.softnet.raise_softirq = self._raise_softirq
         self.softnet.post_round.append(self.after_rx)
         self.timers.on_earlier = lambda: self._timer_event.set()
@@ -128,21 +129,20 @@ class Stack:
     # ---- the loop ---------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the stack until cancelled: IRQ tasks, softirq, timers, TX."""
+        """Run the stack until cancelled: IRQ tasks, ksoftirqd, timers."""
         async with trio.open_nursery() as nursery:
             for q in range(self.dev.num_queues):
                 nursery.start_soon(self._irq_loop, q)
-            nursery.start_soon(self._softirq_loop)
+            nursery.start_soon(self._ksoftirqd)
             nursery.start_soon(self._timer_loop)
-            nursery.start_soon(self._tx_loop)
             # Announce ourselves (arp_send of a gratuitous ARP at NETDEV_UP).
             self.arp.gratuitous()
             self._arp_flush()
-            self.kick_tx()
             self.started.set()
             task_status.started()
 
     async def _irq_loop(self, q: int) -> None:
+        """The queue's interrupt: DMA, schedule NAPI, run the softirq on the way out."""
         napi = self.dev.napi[q]
         link = self.dev.links[q]
         while True:
@@ -152,23 +152,36 @@ class Stack:
             napi.on_complete = done.set
             # The interrupt stays masked until the poll completes (napi_complete_done).
             self.softnet.napi_schedule(napi)
+            # irq_exit -> invoke_softirq: the softirq runs here, no task switch.
+            self.do_softirq()
             await done.wait()
 
     def _raise_softirq(self) -> None:
-        self._softirq_event.set()
+        """NAPI was scheduled: the interrupt path runs the softirq itself."""
 
-    async def _softirq_loop(self) -> None:
+    def do_softirq(self) -> None:
+        """``__do_softirq``: a few net_rx_action rounds, then leave the rest to ksoftirqd."""
+        if self._in_softirq:
+            return
+        self._in_softirq = True
+        try:
+            for _ in range(MAX_SOFTIRQ_RESTART):
+                if not self.softnet.net_rx_action():
+                    break
+        finally:
+            self._in_softirq = False
+        if self.softnet.poll_list:
+            self._softirq_event.set()  # wakeup_softirqd
+
+    async def _ksoftirqd(self) -> None:
+        """Rounds left over by the interrupt path, yielding to other tasks between them."""
         while True:
             await self._softirq_event.wait()
             self._softirq_event = trio.Event()
             while self.softnet.poll_list:
-                self._in_softirq = True
-                try:
-                    self.softnet.net_rx_action()
-                finally:
-                    self._in_softirq = False
                 # Between rounds other tasks run, as ksoftirqd yields the CPU.
                 await trio.sleep(0)
+                self.do_softirq()
 
     async def _timer_loop(self) -> None:
         while True:
@@ -180,14 +193,12 @@ class Stack:
                 self.dev.flush_tx()
 
     def kick_tx(self) -> None:
-        """Ask for the TX doorbell to be rung on the next turn of the loop."""
-        if not self._in_softirq:
-            self._tx_event.set()
+        """Ring the TX doorbell for frames sent from process context.
 
-    async def _tx_loop(self) -> None:
-        while True:
-            await self._tx_event.wait()
-            self._tx_event = trio.Event()
+        Inside a softirq round the doorbell rings once at the round's end;
+        outside one, as dev_queue_xmit does, the driver transmits at once.
+        """
+        if not self._in_softirq:
             self.dev.flush_tx()
 
     # ---- receive ----------------------------------------------------------
