@@ -115,10 +115,10 @@ class Stack:
         self._frag_timer = Timer(self._frag_expired)
         self._in_softirq = False
         self._softirq_event = trio.Event()
-        self._timer_event = trio.Event()
+        self._timer_scope: trio.CancelScope | None = None
         self.softnet.raise_softirq = self._raise_softirq
         self.softnet.post_round.append(self.after_rx)
-        self.timers.on_earlier = lambda: self._timer_event.set()
+        self.timers.on_earlier = self._timer_earlier
         self.started = trio.Event()
 
     @staticmethod
@@ -154,7 +154,8 @@ class Stack:
             self.softnet.napi_schedule(napi)
             # irq_exit -> invoke_softirq: the softirq runs here, no task switch.
             self.do_softirq()
-            await done.wait()
+            if not done.is_set():
+                await done.wait()
 
     def _raise_softirq(self) -> None:
         """NAPI was scheduled: the interrupt path runs the softirq itself."""
@@ -184,13 +185,21 @@ class Stack:
                 self.do_softirq()
 
     async def _timer_loop(self) -> None:
+        """Sleep until the earliest timer, run what expired, repeat."""
         while True:
             deadline = self.timers.next_deadline()
-            self._timer_event = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._timer_event.wait()
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
             if self.timers.run_expired(self.now()):
                 self.dev.flush_tx()
+
+    def _timer_earlier(self, deadline: float) -> None:
+        """A timer became the earliest: move the sleeper's wake-up, no task switch."""
+        scope = self._timer_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
 
     def kick_tx(self) -> None:
         """Ring the TX doorbell for frames sent from process context.

@@ -31,9 +31,9 @@ class TimerList:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
-        # Called when a timer is set earlier than every other pending one, so
-        # the task sleeping until the old earliest deadline can wake up.
-        self.on_earlier: Callable[[], None] = lambda: None
+        # Called with the new deadline when a timer is set earlier than every
+        # other pending one, so the sleeper can move its wake-up time forward.
+        self.on_earlier: Callable[[float], None] = lambda deadline: None
 
     def mod_timer(self, timer: Timer, deadline: float | None) -> None:
         """(Re)arm *timer* for *deadline*; None cancels it (``del_timer``)."""
@@ -45,7 +45,7 @@ class TimerList:
         earliest = self.next_deadline()
         heapq.heappush(self._heap, (deadline, next(self._seq), timer))
         if earliest is None or deadline < earliest:
-            self.on_earlier()
+            self.on_earlier(deadline)
 
     def next_deadline(self) -> float | None:
         heap = self._heap

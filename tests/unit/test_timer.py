@@ -18,7 +18,7 @@ class Recorder:
 def make() -> tuple[TimerList, Recorder, list[int]]:
     tl = TimerList()
     woken: list[int] = []
-    tl.on_earlier = lambda: woken.append(1)
+    tl.on_earlier = lambda deadline: woken.append(deadline)
     return tl, Recorder(), woken
 
 
@@ -240,4 +240,4 @@ def test_on_earlier_when_earliest_was_cancelled() -> None:
     woken.clear()
     tl.mod_timer(a, None)
     tl.mod_timer(c, 5.0)  # later than the cancelled 1.0 but earlier than 9.0
-    assert woken == [1]
+    assert woken == [5.0]  # the new earliest deadline is reported
