@@ -285,3 +285,26 @@ def test_ss_shows_listeners_and_connections(served):
     ports = {r["local"] for r in rows if r["state"] == "LISTEN"}
     assert {"0.0.0.0:7", "0.0.0.0:80", "0.0.0.0:9"} <= ports
     assert any(r["netid"] == "udp" and r["local"] == "0.0.0.0:7" for r in rows)
+
+
+def test_ustack_nc_udp_both_ways(shared_ns, served):
+    server = shared_ns.popen([sys.executable, "-c", textwrap.dedent("""
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("10.0.0.1", 7500))
+        print("up", flush=True)
+        data, addr = s.recvfrom(100); s.sendto(data.upper(), addr)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "up"
+    p = subprocess.run([USTACK, "nc", "-u", "-q", "1", "10.0.0.1", "7500", "--control",
+                        served.control], input=b"datagram over ustack\n", capture_output=True,
+                       timeout=30)
+    assert p.returncode == 0 and p.stdout == b"DATAGRAM OVER USTACK\n", p.stderr
+    server.wait(timeout=10)
+    listener = subprocess.Popen([USTACK, "nc", "-l", "-u", "7501", "--control",
+                                 served.control], stdout=subprocess.PIPE,
+                                stdin=subprocess.PIPE)
+    assert wait_for(lambda: any(
+        r["local"] == "0.0.0.0:7501" for r in json.loads(served.cli("ss", "--json").stdout)))
+    shared_ns.run(["sh", "-c", "printf 'first datagram' | nc -u -w1 10.0.0.2 7501"])
+    assert listener.stdout.read(14) == b"first datagram"
+    listener.kill()

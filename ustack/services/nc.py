@@ -50,6 +50,31 @@ class FrameReader:
         return data
 
 
+async def _relay(stream: trio.abc.Stream, leftover: bytes,
+                 to_peer: Callable[[bytes], Awaitable[Any]], stdin_eof: Callable[[], None],
+                 from_peer: Callable[[], Awaitable[bytes]]) -> None:
+    """Client frames go *to_peer*; what *from_peer* returns goes back, until it
+    returns b"" (the peer closed) or the client goes away."""
+    frames = FrameReader(stream, leftover)
+    async with trio.open_nursery() as nursery:
+
+        async def client_to_peer() -> None:
+            while True:
+                data = await frames.read()
+                if data is None:
+                    nursery.cancel_scope.cancel()  # the client went away
+                    return
+                if data:
+                    await to_peer(data)
+                else:
+                    stdin_eof()
+
+        nursery.start_soon(client_to_peer)
+        while data := await from_peer():
+            await stream.send_all(data)
+        nursery.cancel_scope.cancel()
+
+
 async def _open_tcp(stack: Any, listen: bool, host: str, port: int, send: Send) -> Any:
     if not listen:
         conn = stack.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -78,28 +103,16 @@ async def nc_tcp(stack: Any, listen: bool, host: str, port: int, half_close: boo
     try:
         await send({"progress": "connected", "local": list(conn.getsockname()),
                     "peer": list(conn.getpeername())})
-        frames = FrameReader(stream, leftover)
-        async with trio.open_nursery() as nursery:
 
-            async def client_to_peer() -> None:
-                while True:
-                    data = await frames.read()
-                    if data is None:
-                        nursery.cancel_scope.cancel()  # the client went away
-                        return
-                    if data:
-                        await conn.sendall(data)
-                    elif half_close:
-                        conn.shutdown(socket.SHUT_WR)  # -N: stdin EOF becomes our FIN
+        def stdin_eof() -> None:
+            if half_close:
+                conn.shutdown(socket.SHUT_WR)  # -N: stdin EOF becomes our FIN
 
-            nursery.start_soon(client_to_peer)
-            while True:
-                data = await conn.recv(65536)
-                if not data:
-                    break
-                await stream.send_all(data)
-            # The peer closed: netcat exits, whatever stdin still holds.
-            nursery.cancel_scope.cancel()
+        async def from_peer() -> bytes:
+            return await conn.recv(65536)
+
+        # The peer's EOF ends the session: netcat exits, whatever stdin still holds.
+        await _relay(stream, leftover, conn.sendall, stdin_eof, from_peer)
     finally:
         conn.close()
 
@@ -121,24 +134,16 @@ async def nc_udp(stack: Any, listen: bool, host: str, port: int, send: Send,
                     "peer": list(sock.getpeername())})
         if first:
             await stream.send_all(first)
-        frames = FrameReader(stream, leftover)
-        async with trio.open_nursery() as nursery:
 
-            async def client_to_peer() -> None:
-                while True:
-                    data = await frames.read()
-                    if data is None:
-                        nursery.cancel_scope.cancel()
-                        return
-                    if data:
-                        await sock.send(data)
-
-            nursery.start_soon(client_to_peer)
+        async def from_peer() -> bytes:
             while True:
                 try:
                     data = await sock.recv(65535)
                 except ConnectionRefusedError:
                     continue  # like nc -u: an ICMP error does not end the session
-                await stream.send_all(data)
+                if data:
+                    return data  # an empty datagram is no EOF
+
+        await _relay(stream, leftover, sock.send, lambda: None, from_peer)
     finally:
         sock.close()

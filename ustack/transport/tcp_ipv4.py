@@ -12,7 +12,6 @@ kernel's port rules (``inet_csk_bind_conflict``) and picks ephemeral ports
 from __future__ import annotations
 
 import errno
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..net.ipv4 import IPPROTO_TCP, Ipv4, iph_dst, iph_src
 from ..stats import Stats
 from ..sysctl import Sysctl
 from ..timer import Timer, TimerList
+from .ports import ephemeral_port
 from .tcp import (
     TcpConnection,
     TcpListener,
@@ -227,7 +227,7 @@ class TcpV4:
         if addr not in (ANY, self.ipv4.addr):
             raise OSError(errno.EADDRNOTAVAIL, "cannot assign requested address")
         if port == 0:
-            port = self._ephemeral()
+            port = ephemeral_port(self.sysctl, self.bhash)
         for other in self.bhash.get(port, ()):
             if other.addr != addr and ANY not in (other.addr, addr):
                 continue
@@ -237,16 +237,6 @@ class TcpV4:
         binding = Binding(addr, port, reuseaddr)
         self.bhash.setdefault(port, []).append(binding)
         return binding
-
-    def _ephemeral(self) -> int:
-        low, high = self.sysctl["net.ipv4.ip_local_port_range"]
-        span = high - low + 1
-        start = random.randrange(span)
-        for i in range(span):
-            port = low + (start + i) % span
-            if port not in self.bhash:
-                return port
-        raise OSError(errno.EADDRNOTAVAIL, "no free ephemeral port")
 
     def _remove_binding(self, binding: Binding) -> None:
         entries = self.bhash.get(binding.port)

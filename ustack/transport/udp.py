@@ -12,7 +12,6 @@ protocol control block; the socket API in ``ustack.socket`` wraps it.
 from __future__ import annotations
 
 import errno
-import random
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from ..net.icmp import ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, Icmp
 from ..net.ipv4 import IPPROTO_UDP, LIMITED_BROADCAST, Ipv4, iph_dst, iph_src
 from ..stats import Stats
 from ..sysctl import Sysctl
+from .ports import ephemeral_port
 
 UDP_HLEN = 8
 _UDPH = struct.Struct("!HHHH")
@@ -86,7 +86,7 @@ class Udp:
         if addr not in (ANY, self.ipv4.addr, LIMITED_BROADCAST):
             raise OSError(errno.EADDRNOTAVAIL, "cannot assign requested address")
         if port == 0:
-            port = self._ephemeral(addr)
+            port = ephemeral_port(self.sysctl, self.ports)
         elif not 0 < port < 65536:
             raise OSError(errno.EINVAL, f"bad port {port}")
         for other in self.ports.get(port, ()):
@@ -97,16 +97,6 @@ class Udp:
                 raise OSError(errno.EADDRINUSE, "address already in use")
         sock.local = (addr, port)
         self.ports.setdefault(port, []).append(sock)
-
-    def _ephemeral(self, addr: bytes) -> int:
-        low, high = self.sysctl["net.ipv4.ip_local_port_range"]
-        span = high - low + 1
-        start = random.randrange(span)
-        for i in range(span):
-            port = low + (start + i) % span
-            if port not in self.ports:
-                return port
-        raise OSError(errno.EADDRINUSE, "no free ephemeral port")
 
     def unhash(self, sock: UdpSock) -> None:
         """Remove a closed socket from the port table."""
