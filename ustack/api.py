@@ -17,6 +17,7 @@ import trio
 from .link.host import HostLink
 from .link.tap import Tap
 from .nic.features import GRO_HW, RX_CSUM, SOFTWARE, TSO, TX_CSUM
+from .nic.impair import parse_spec
 from .stack import Stack
 from .sysctl import Sysctl
 
@@ -35,6 +36,7 @@ async def open_stack(
     sysctl: Sysctl | None = None,
     host_config: bool = True,
     offload: bool | None = None,
+    impair: str = "",
 ) -> AsyncIterator[Stack]:
     """Run a stack on TAP *tap* for the duration of the ``async with`` block.
 
@@ -43,9 +45,11 @@ async def open_stack(
     *offload*: True turns on every offload the kernel accepts through the
     virtio-net header (checksums, TSO both ways), False keeps MTU frames
     with full checksums on the wire (software GSO/GRO still on), None (the
-    default) is True when the kernel accepts it.
+    default) is True when the kernel accepts it. *impair* is an impairment
+    spec (``ustack up --impair``) for the stack's wire.
     Raises OSError subclasses with one-line messages (TAP busy, not root).
     """
+    rx_impair, tx_impair = parse_spec(impair)
     iface = ipaddress.IPv4Interface(addr)
     host_iface = ipaddress.IPv4Interface(host_addr) if host_addr else None
     gw = ipaddress.IPv4Address(gateway) if gateway else None
@@ -64,6 +68,7 @@ async def open_stack(
         stack = Stack(link.queues, iface, name=tap, gateway=gw, mtu=mtu, mac=mac,
                       sysctl=sysctl, ring_size=ring_size, vnet_hdr_len=link.vnet_hdr_len,
                       hw_features=hw, features=enabled, set_offload=link.set_offload)
+        stack.dev.set_impair(rx_impair, tx_impair)
         async with trio.open_nursery() as nursery:
             await nursery.start(stack.run)
             try:

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="checksum and segmentation offload through the TAP's virtio-net header "
         "(default: on when the kernel accepts it)",
     )
+    up.add_argument(
+        "--impair", default="", metavar="SPEC",
+        help="impair the wire, e.g. 'rx:loss=5%%,reorder=5%%;tx:delay=10ms,seed=7' "
+        "(knobs: loss burst reorder depth dup corrupt delay jitter rate limit seed)",
+    )
     up.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
 
     stat = sub.add_parser("stat", help="counters: Ip/Icmp MIBs, softnet_stat, ethtool -S")
@@ -126,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("-g", dest="rings", action="store_true", help="ring sizes")
     _add_client_args(eth)
 
+    imp = sub.add_parser("impair", help="show or set the impairments of the stack's wire")
+    imp.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    imp.add_argument("spec", nargs="?", metavar="SPEC",
+                     help="new impairments (same syntax as up --impair; '' clears them)")
+    _add_client_args(imp)
+
     nc = sub.add_parser("nc", help="netcat over the stack: stdin/stdout relayed via the daemon")
     nc.add_argument("args", nargs="+", metavar="[TAP] [HOST] PORT")
     nc.add_argument("-l", dest="listen", action="store_true", help="listen for one connection")
@@ -158,6 +169,7 @@ def _interface(text: str, what: str) -> ipaddress.IPv4Interface:
 def _up_config(args: argparse.Namespace) -> Any:
     from .daemon import UpConfig, default_control_path
     from .net.ethernet import parse_mac
+    from .nic.impair import parse_spec as parse_impair
     from .services import parse_spec
 
     addr = _interface(args.addr, "address")
@@ -178,6 +190,10 @@ def _up_config(args: argparse.Namespace) -> Any:
             raise UserError(f"gateway {gateway} is not in {addr.network}")
     if not 68 <= args.mtu <= 65535:
         raise UserError(f"bad MTU {args.mtu}: must be 68..65535")
+    try:
+        parse_impair(args.impair)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if not 1 <= args.queues <= 256:
         raise UserError(f"bad queue count {args.queues}: must be 1..256")
     if not 1 <= args.ring_size <= 65536:
@@ -204,6 +220,7 @@ def _up_config(args: argparse.Namespace) -> Any:
         control=args.control or default_control_path(args.tap),
         host_config=not args.no_host_config, mac=mac, sysctl=sysctl, services=services,
         offload=None if args.offload is None else args.offload == "on",
+        impair=args.impair,
     )
 
 
@@ -514,6 +531,22 @@ def cmd_ethtool(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_impair(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {"cmd": "impair"}
+    if args.spec is None and (":" in args.tap or "=" in args.tap):
+        args.tap, args.spec = DEFAULT_TAP, args.tap  # one word given: it is the SPEC
+    if args.spec is not None:
+        req["spec"] = args.spec
+    result = _final(_control_path(args, args.tap), req)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"impair: {result['spec'] or 'none'}")
+    for name, value in result["counters"].items():
+        print(f"    {name:<28} {value}")
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up,
     "stat": cmd_stat,
@@ -524,6 +557,7 @@ COMMANDS = {
     "ss": cmd_ss,
     "nc": cmd_nc,
     "ethtool": cmd_ethtool,
+    "impair": cmd_impair,
 }
 
 

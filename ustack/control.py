@@ -18,6 +18,7 @@ import trio
 
 from .net.ipv4 import ip_str
 from .nic.features import FeatureError
+from .nic.impair import ImpairError, format_spec, parse_spec
 from .services.nc import nc_tcp, nc_udp
 from .stack import Stack
 from .sysctl import SysctlError, format_value
@@ -46,6 +47,7 @@ class ControlServer:
             "route": self._route,
             "ss": self._ss,
             "ethtool": self._ethtool,
+            "impair": self._impair,
         }
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -170,6 +172,21 @@ class ControlServer:
             "features": [[n, on, fixed] for n, on, fixed in dev.features.listing()],
             "stats": dev.ethtool_stats(),
             "rings": dev.rings(),
+        }
+
+    async def _impair(self, request: dict[str, Any], send: Send) -> Any:
+        """Show or replace the wire's impairments (``ustack impair``)."""
+        spec = request.get("spec")
+        if spec is not None:
+            try:
+                rx, tx = parse_spec(str(spec))
+            except ImpairError as err:
+                raise ControlError(str(err)) from None
+            self.stack.set_impair(rx, tx)
+        stats = self.stack.dev.ethtool_stats()
+        return {
+            "spec": format_spec(*self.stack.dev.impair_spec),
+            "counters": {k: v for k, v in stats.items() if "impair" in k},
         }
 
     async def _ss(self, request: dict[str, Any], send: Send) -> Any:

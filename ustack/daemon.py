@@ -38,6 +38,7 @@ class UpConfig:
     host_config: bool = True
     services: list[ServiceSpec] = field(default_factory=list)
     offload: bool | None = None
+    impair: str = ""
     mac: bytes | None = None
     sysctl: Sysctl = field(default_factory=Sysctl)
 
@@ -52,7 +53,7 @@ async def run_daemon(cfg: UpConfig) -> None:
         cfg.tap, str(cfg.addr), str(cfg.host_addr) if cfg.host_addr else None,
         gateway=str(cfg.gateway) if cfg.gateway else None, mtu=cfg.mtu, queues=cfg.queues,
         ring_size=cfg.ring_size, mac=cfg.mac, sysctl=cfg.sysctl, host_config=cfg.host_config,
-        offload=cfg.offload,
+        offload=cfg.offload, impair=cfg.impair,
     ) as stack:
         control = ControlServer(stack, cfg.control)
         async with trio.open_nursery() as nursery:

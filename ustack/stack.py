@@ -37,6 +37,7 @@ from .net.icmp import (
 from .net.ipv4 import LIMITED_BROADCAST, Ipv4, ip_str
 from .net.route import Route, RouteTable
 from .nic.device import NetDevice
+from .nic.impair import Impair
 from .nic.napi import Softnet
 from .socket import make_socket, use_for_trio
 from .stats import Stats
@@ -82,7 +83,7 @@ class Stack:
         self.dev = NetDevice(
             name, self.mac, links, self.softnet, mtu=mtu, ring_size=ring_size,
             vnet_hdr_len=vnet_hdr_len, hw_features=hw_features, features=features,
-            set_offload=set_offload,
+            set_offload=set_offload, clock=self.now,
         )
         self.dev.rx_handler = self.netif_receive_skb
         self.routes = RouteTable()
@@ -113,6 +114,7 @@ class Stack:
         }
         self._arp_timer = Timer(self._arp_expired)
         self._frag_timer = Timer(self._frag_expired)
+        self._impair_timer = Timer(self._impair_release)
         self._in_softirq = False
         self._softirq_event = trio.Event()
         self._timer_scope: trio.CancelScope | None = None
@@ -154,6 +156,8 @@ class Stack:
             self.softnet.napi_schedule(napi)
             # irq_exit -> invoke_softirq: the softirq runs here, no task switch.
             self.do_softirq()
+            if self.dev.rx_impair[q] is not None:
+                self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
             if not done.is_set():
                 await done.wait()
 
@@ -209,6 +213,8 @@ class Stack:
         """
         if not self._in_softirq:
             self.dev.flush_tx()
+            if self.dev.tx_impair[0] is not None:
+                self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
 
     # ---- receive ----------------------------------------------------------
 
@@ -278,8 +284,21 @@ class Stack:
         self.timers.mod_timer(self._frag_timer, self.ipv4.reasm.next_deadline())
 
     def after_rx(self) -> None:
-        """Re-arm timers whose deadline receive processing may have changed."""
+        """Re-arm timers whose deadline receive or transmit work may have changed."""
         self.timers.mod_timer(self._frag_timer, self.ipv4.reasm.next_deadline())
+        self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
+
+    def set_impair(self, rx: Impair | None, tx: Impair | None) -> None:
+        """Impair this stack's wire from now on, both directions (None: clean)."""
+        self.dev.set_impair(rx, tx)
+        self.after_rx()
+
+    def _impair_release(self, now: float) -> None:
+        """Frames held by the impaired wire are due: deliver or transmit them."""
+        for q in self.dev.impair_poll(now):
+            self.softnet.napi_schedule(self.dev.napi[q])
+        self.do_softirq()
+        self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
 
     # ---- users ------------------------------------------------------------
 

@@ -8,10 +8,13 @@ Everything is driven by trio, so tests run on ``trio.testing.MockClock``.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 
 import trio
+
+from ..nic.impair import Impairment, parse_spec
 
 
 class WireEnd:
@@ -28,8 +31,25 @@ class WireEnd:
         self.tx_filter: Callable[[bytes], bytes | None] | None = None
         self.tx_frames: int = 0
         self.dropped: int = 0
+        # Impairment of frames arriving at this end (the same seeded model as
+        # the NIC's); held frames become readable when their time comes.
+        self.impair: Impairment | None = None
+
+    def _arrive(self, frame: bytes) -> None:
+        if len(self._rx) >= self.capacity:
+            self.dropped += 1
+            return
+        self._rx.append(frame)
+        self._lot.unpark_all()
+
+    def _release(self) -> None:
+        if self.impair is not None:
+            for frame in self.impair.poll(trio.current_time()):
+                self._arrive(frame)
 
     def read_frame(self) -> bytes | None:
+        if not self._rx:
+            self._release()
         return self._rx.popleft() if self._rx else None
 
     def write_frame(self, frame: bytes | bytearray | memoryview) -> bool:
@@ -43,11 +63,14 @@ class WireEnd:
         peer = self.peer
         assert peer is not None
         # The far end's queue is bounded like the kernel's tun ring (txqueuelen).
-        if len(peer._rx) >= peer.capacity:
-            peer.dropped += 1
-            return True
-        peer._rx.append(data)
-        peer._lot.unpark_all()
+        if peer.impair is None:
+            peer._arrive(data)
+        else:
+            for frame in peer.impair.submit(data, trio.current_time()):
+                peer._arrive(frame)
+            if peer.impair.held():
+                # A reader parked before this frame was held must learn its deadline.
+                peer._lot.unpark_all()
         return True
 
     def inject(self, frame: bytes) -> None:
@@ -56,20 +79,31 @@ class WireEnd:
         self._lot.unpark_all()
 
     async def wait_readable(self) -> None:
+        self._release()
         if self._rx:
             await trio.lowlevel.checkpoint()
             return
-        await self._lot.park()
+        deadline = self.impair.next_deadline() if self.impair is not None else None
+        with trio.move_on_at(math.inf if deadline is None else deadline):
+            await self._lot.park()
+        self._release()
 
     def close(self) -> None:
         self._rx.clear()
 
 
 class Wire:
-    """A point-to-point link between two ends, ``a`` and ``b``."""
+    """A point-to-point link between two ends, ``a`` and ``b``.
 
-    def __init__(self, capacity: int = 1000) -> None:
+    *impair* takes the spec of ``ustack up --impair``: ``tx:`` knobs impair
+    frames from a to b, ``rx:`` knobs frames from b to a (a's view).
+    """
+
+    def __init__(self, capacity: int = 1000, impair: str = "") -> None:
         self.a = WireEnd("a", capacity)
         self.b = WireEnd("b", capacity)
         self.a.peer = self.b
         self.b.peer = self.a
+        rx, tx = parse_spec(impair)
+        self.a.impair = Impairment(rx) if rx is not None else None
+        self.b.impair = Impairment(tx) if tx is not None else None

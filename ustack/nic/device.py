@@ -13,6 +13,7 @@ and the ring is written to the link in one burst when the doorbell is rung
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from ..buffer import CHECKSUM_PARTIAL, CHECKSUM_UNNECESSARY, Packet, skb_checksu
 from .features import GRO, GRO_HW, RX_CSUM, TSO, TX_CSUM, Features
 from .gro import Gro
 from .gso import gso_segment
+from .impair import Impair, Impairment
 from .napi import Napi, Softnet
 from .ring import Ring
 
@@ -84,6 +86,7 @@ class NetDevice:
         hw_features: frozenset[str] = frozenset(),
         features: set[str] | None = None,
         set_offload: Callable[[int], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not links:
             raise ValueError("a device needs at least one queue")
@@ -108,6 +111,11 @@ class NetDevice:
         # One GRO context per NAPI instance, delivering to rx_handler.
         self.gro = [Gro(self._gro_deliver) for _ in links]
         self._set_offload = set_offload
+        # The wire's impairments, per queue and direction (None: a clean wire).
+        self.clock = clock if clock is not None else (lambda: 0.0)
+        self.rx_impair: list[Impairment | None] = [None] * len(links)
+        self.tx_impair: list[Impairment | None] = [None] * len(links)
+        self.impair_spec: tuple[Impair | None, Impair | None] = (None, None)
         self.features = Features(hw_features, features)
         self.features.on_change = self._apply_features
         self._apply_features(self.features.active)
@@ -150,20 +158,72 @@ class NetDevice:
         and counted (``rx_fifo_errors``, the per-queue ``drops``).
         """
         link = self.links[q]
-        ring = self.rx_rings[q]
-        qs = self.qstats[q]
+        impair = self.rx_impair[q]
         moved = 0
-        for _ in range(ring.size):
+        for _ in range(self.rx_rings[q].size):
             frame = link.read_frame()
             if frame is None:
                 break
-            if not ring.push(frame):
-                qs.rx_drops += 1
-                self.counters["rx_fifo_errors"] += 1
-                self.counters["rx_dropped"] += 1
-                continue
-            moved += 1
+            if impair is None:
+                moved += self._rx_place(q, frame)
+            else:
+                # The frame crosses the impaired stretch of wire before the NIC.
+                for f in impair.submit(frame, self.clock()):
+                    moved += self._rx_place(q, f)
         return moved
+
+    def _rx_place(self, q: int, frame: bytes) -> int:
+        """Put one arriving frame in a descriptor, or drop it: the ring is full."""
+        if self.rx_rings[q].push(frame):
+            return 1
+        self.qstats[q].rx_drops += 1
+        self.counters["rx_fifo_errors"] += 1
+        self.counters["rx_dropped"] += 1
+        return 0
+
+    # ---- the impaired wire ----------------------------------------------------
+
+    def set_impair(self, rx: Impair | None, tx: Impair | None) -> None:
+        """Impair the wire from now on (None: clean); each queue gets its own seed."""
+        def make(knobs: Impair | None, q: int) -> Impairment | None:
+            if knobs is None:
+                return None
+            seed = None if knobs.seed is None else knobs.seed + q
+            return Impairment(dataclasses.replace(knobs, seed=seed))
+
+        for q in range(len(self.links)):
+            for frame in self._release_all(q):
+                self.links[q].write_frame(frame)
+            self.rx_impair[q] = make(rx, q)
+            self.tx_impair[q] = make(tx, q)
+        self.impair_spec = (rx, tx)
+
+    def _release_all(self, q: int) -> list[bytes]:
+        """Frames held on the TX side when impairments change go out now."""
+        tx = self.tx_impair[q]
+        return tx.poll(float("inf")) if tx is not None else []
+
+    def impair_poll(self, now: float) -> list[int]:
+        """Release held frames whose time has come; return the RX queues that got some."""
+        woken = []
+        for q in range(len(self.links)):
+            rx = self.rx_impair[q]
+            if rx is not None:
+                placed = sum(self._rx_place(q, f) for f in rx.poll(now))
+                if placed:
+                    woken.append(q)
+            tx = self.tx_impair[q]
+            if tx is not None:
+                for frame in tx.poll(now):
+                    self._link_write(q, frame)
+        return woken
+
+    def impair_deadline(self) -> float | None:
+        """When impair_poll has something to release next."""
+        deadlines = [i.next_deadline() for i in (*self.rx_impair, *self.tx_impair)
+                     if i is not None]
+        deadlines = [d for d in deadlines if d is not None]
+        return min(deadlines) if deadlines else None
 
     def _make_poll(self, q: int) -> Callable[[int], int]:
         def poll(budget: int) -> int:
@@ -283,16 +343,28 @@ class NetDevice:
             n = ETH_ZLEN
         if vlen:
             self._push_vnet_hdr(pkt)
-        counters = self.counters
-        if link.write_frame(pkt.data()):
-            qs.tx_packets += 1
-            qs.tx_bytes += n
-            counters["tx_packets"] += 1
-            counters["tx_bytes"] += n
+        impair = self.tx_impair[pkt.queue % len(self.links)]
+        if impair is None:
+            if not link.write_frame(pkt.data()):
+                self._tx_error(qs)
+                return
         else:
-            qs.tx_drops += 1
-            counters["tx_dropped"] += 1
-            counters["tx_errors"] += 1
+            # Past the NIC the frame crosses the impaired stretch of wire.
+            for frame in impair.submit(bytes(pkt.data()), self.clock()):
+                self._link_write(pkt.queue % len(self.links), frame)
+        qs.tx_packets += 1
+        qs.tx_bytes += n
+        self.counters["tx_packets"] += 1
+        self.counters["tx_bytes"] += n
+
+    def _link_write(self, q: int, frame: bytes) -> None:
+        if not self.links[q].write_frame(frame):
+            self._tx_error(self.qstats[q])
+
+    def _tx_error(self, qs: QueueStats) -> None:
+        qs.tx_drops += 1
+        self.counters["tx_dropped"] += 1
+        self.counters["tx_errors"] += 1
 
     def _push_vnet_hdr(self, pkt: Packet) -> None:
         start = pkt.head
@@ -320,6 +392,12 @@ class NetDevice:
     def ethtool_stats(self) -> dict[str, int]:
         """Counters as ``ethtool -S`` prints them: device totals, then per queue."""
         out = dict(self.counters)
+        for side, impairs in (("rx", self.rx_impair), ("tx", self.tx_impair)):
+            for imp in impairs:
+                if imp is not None:
+                    for name, value in imp.counters.items():
+                        key = f"{side}_{name}"
+                        out[key] = out.get(key, 0) + value
         for gro in self.gro:
             for name, value in gro.counters.items():
                 out[f"rx_{name}"] = out.get(f"rx_{name}", 0) + value
