@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="change features, e.g. -K gro off tso on")
     mode.add_argument("-S", dest="stats", action="store_true", help="device counters")
     mode.add_argument("-g", dest="rings", action="store_true", help="ring sizes")
+    mode.add_argument("-x", dest="show_rss", action="store_true",
+                      help="RSS hash key and indirection table")
+    mode.add_argument("-X", dest="set_rss", nargs="+", metavar="equal N | weight W... | hkey K",
+                      help="change the indirection table or key")
+    mode.add_argument("-l", dest="channels", action="store_true", help="queue (channel) counts")
     _add_client_args(eth)
 
     imp = sub.add_parser("impair", help="show or set the impairments of the stack's wire")
@@ -510,12 +515,33 @@ def cmd_ethtool(args: argparse.Namespace) -> int:
                 raise UserError(f"ethtool -K {name}: expected on or off, got {value!r}")
             changes[_FEATURE_ALIASES.get(name, name)] = value == "on"
         req["set"] = changes
+    if args.set_rss:
+        words = args.set_rss
+        if words[0] == "equal" and len(words) == 2 and words[1].isdigit():
+            req["rss"] = {"equal": int(words[1])}
+        elif words[0] == "weight" and len(words) > 1 and all(w.isdigit() for w in words[1:]):
+            req["rss"] = {"weight": [int(w) for w in words[1:]]}
+        elif words[0] == "hkey" and len(words) == 2:
+            req["rss"] = {"hkey": words[1]}
+        else:
+            raise UserError("ethtool -X takes: equal N | weight W0 W1 ... | hkey KEY")
     result = _final(_control_path(args, args.tap), req)
-    if args.set_features:
+    if args.set_features or args.set_rss:
         return 0
     if args.json:
-        key = "stats" if args.stats else "rings" if args.rings else "features"
+        key = ("stats" if args.stats else "rings" if args.rings else "rss" if args.show_rss
+               else "channels" if args.channels else "features")
         print(json.dumps(result[key], indent=2))
+    elif args.show_rss:
+        reta = result["rss"]["reta"]
+        print(f"RX flow hash indirection table for {args.tap} with "
+              f"{result['channels']['combined']} RX ring(s):")
+        for i in range(0, len(reta), 8):
+            print(f"{i:5}: " + "".join(f"{q:6}" for q in reta[i : i + 8]))
+        print(f"RSS hash key:\n{result['rss']['key']}")
+    elif args.channels:
+        print(f"Channel parameters for {args.tap}:\nCurrent hardware settings:\n"
+              f"Combined:\t{result['channels']['combined']}")
     elif args.stats:
         print("NIC statistics:")
         for name, value in result["stats"].items():

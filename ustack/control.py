@@ -19,6 +19,7 @@ import trio
 from .net.ipv4 import ip_str
 from .nic.features import FeatureError
 from .nic.impair import ImpairError, format_spec, parse_spec
+from .nic.rss import RssError
 from .services.nc import nc_tcp, nc_udp
 from .stack import Stack
 from .sysctl import SysctlError, format_value
@@ -160,6 +161,17 @@ class ControlServer:
     async def _ethtool(self, request: dict[str, Any], send: Send) -> Any:
         """ethtool -k / -K / -S / -g on the stack's device."""
         dev = self.stack.dev
+        rss = request.get("rss")
+        if rss:
+            try:
+                if "equal" in rss:
+                    dev.rss.set_equal(int(rss["equal"]))
+                elif "weight" in rss:
+                    dev.rss.set_weights([int(w) for w in rss["weight"]])
+                if "hkey" in rss:
+                    dev.rss.set_key(bytes.fromhex(str(rss["hkey"]).replace(":", "")))
+            except (RssError, ValueError, TypeError) as err:
+                raise ControlError(str(err)) from None
         changes = request.get("set")
         if changes:
             if not isinstance(changes, dict):
@@ -172,6 +184,8 @@ class ControlServer:
             "features": [[n, on, fixed] for n, on, fixed in dev.features.listing()],
             "stats": dev.ethtool_stats(),
             "rings": dev.rings(),
+            "rss": {"key": dev.rss.key.hex(":"), "reta": dev.rss.reta},
+            "channels": {"combined": dev.num_queues},
         }
 
     async def _impair(self, request: dict[str, Any], send: Send) -> Any:

@@ -106,7 +106,8 @@ class Stack:
         )
         self.udp = Udp(self.sysctl, self.stats, self.ipv4, self.icmp)
         self.tcp = TcpV4(self.sysctl, self.stats, self.ipv4, self.timers, self.now,
-                         lambda: (self.dev.tx_csum, self.dev.gso_max_size))
+                         lambda: (self.dev.tx_csum, self.dev.gso_max_size),
+                         self.dev.flow_queue)
         # ptype_base: EtherType -> handler.
         self.ptype: dict[int, Callable[[Packet], None]] = {
             ETH_P_IP: self.ipv4.ip_rcv,

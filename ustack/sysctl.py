@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-Value = int | tuple[int, ...]
+Value = int | tuple[int, ...] | str
 INT_MAX = 2**31 - 1
 
 
@@ -28,10 +28,16 @@ class Knob:
     minimum: int = 0
     maximum: int = INT_MAX
     doc: str = ""
+    # For a string knob: the values it accepts.
+    choices: tuple[str, ...] = ()
 
     @property
     def width(self) -> int:
         return len(self.default) if isinstance(self.default, tuple) else 1
+
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.default, str)
 
 
 def _k(name: str, default: Value, minimum: int = 0, maximum: int = INT_MAX, doc: str = "") -> Knob:
@@ -92,6 +98,8 @@ _KNOBS = [
     _k("net.ipv4.tcp_max_syn_backlog", 1024, 1),
     _k("net.ipv4.tcp_syncookies", 1, 0, 2),
     _k("net.ipv4.tcp_fastopen", 1, 0, 0xFFF),
+    Knob("net.ipv4.tcp_congestion_control", "cubic", choices=("cubic", "reno"),
+         doc="congestion control for new connections (tcp_congestion_ops name)"),
 ]
 
 KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS}
@@ -141,6 +149,13 @@ class Sysctl:
 
     @staticmethod
     def _parse(knob: Knob, value: str | int | tuple[int, ...]) -> Value:
+        if isinstance(knob.default, str):
+            text = str(value).strip()
+            if text not in knob.choices:
+                raise SysctlError(
+                    f"{knob.name}: {text!r} is not one of {', '.join(knob.choices)}"
+                )
+            return text
         if isinstance(value, str):
             parts = value.replace(",", " ").split()
             try:

@@ -25,6 +25,7 @@ from .gso import gso_segment
 from .impair import Impair, Impairment
 from .napi import Napi, Softnet
 from .ring import Ring
+from .rss import Rss
 
 # struct virtio_net_hdr (include/uapi/linux/virtio_net.h), little-endian.
 VNET_HDR = struct.Struct("<BBHHHH")
@@ -116,6 +117,7 @@ class NetDevice:
         self.rx_impair: list[Impairment | None] = [None] * len(links)
         self.tx_impair: list[Impairment | None] = [None] * len(links)
         self.impair_spec: tuple[Impair | None, Impair | None] = (None, None)
+        self.rss = Rss(len(links))
         self.features = Features(hw_features, features)
         self.features.on_change = self._apply_features
         self._apply_features(self.features.active)
@@ -124,6 +126,17 @@ class NetDevice:
     @property
     def num_queues(self) -> int:
         return len(self.links)
+
+    def flow_queue(self, saddr: bytes, daddr: bytes, sport: int, dport: int) -> int:
+        """The queue of a flow whose packets arrive from (saddr, sport) (RSS + RETA).
+
+        Writing a flow's frames on this queue makes the TAP's flow table steer
+        the kernel's replies to it too (accelerated RFS, FACTS.md).
+        """
+        if len(self.links) == 1:
+            return 0
+        rss = self.rss
+        return rss.queue_of(rss.flow_hash(saddr, daddr, sport, dport))
 
     def _gro_deliver(self, pkt: Packet) -> None:
         self.rx_handler(pkt)

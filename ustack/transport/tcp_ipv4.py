@@ -61,7 +61,9 @@ class TcpV4:
 
     def __init__(self, sysctl: Sysctl, stats: Stats, ipv4: Ipv4, timers: TimerList,
                  clock: Callable[[], float],
-                 offload: Callable[[], tuple[bool, int]] = lambda: (False, 0)) -> None:
+                 offload: Callable[[], tuple[bool, int]] = lambda: (False, 0),
+                 flow_queue: Callable[[bytes, bytes, int, int], int] = lambda *flow: 0,
+                 ) -> None:
         self.sysctl = sysctl
         self.stats = stats
         self.ipv4 = ipv4
@@ -70,6 +72,9 @@ class TcpV4:
         # What the route's device does for us (sk_setup_caps): (TX checksum
         # offload, largest super-segment it takes; 0 = MSS-sized only).
         self.offload = offload
+        # The device queue for a flow, by RSS of (remote, local): netdev_pick_tx.
+        self.flow_queue = flow_queue
+        self._queues: dict[TcpConnection, int] = {}
         self.ehash: dict[Key, TcpConnection] = {}
         self.listeners: dict[int, TcpListener] = {}
         self.bhash: dict[int, list[Binding]] = {}
@@ -154,7 +159,7 @@ class TcpV4:
 
     # ---- output and timers --------------------------------------------------
 
-    def _xmit(self, seg: Any, saddr: bytes, daddr: bytes, mss: int = 0) -> None:
+    def _xmit(self, seg: Any, saddr: bytes, daddr: bytes, mss: int = 0, queue: int = 0) -> None:
         """``tcp_transmit_skb`` + ``ip_queue_xmit`` for one segment.
 
         With TX checksum offload the segment leaves CHECKSUM_PARTIAL; one
@@ -166,19 +171,22 @@ class TcpV4:
         if mss and len(seg.payload) > mss:
             pkt.gso_size = mss
             pkt.gso_type = SKB_GSO_TCPV4
+        pkt.queue = queue
         self.ipv4.ip_output(pkt, daddr, IPPROTO_TCP, src=saddr, df=True)
 
-    def _drain(self, out: list, saddr: bytes, daddr: bytes, mss: int = 0) -> None:
+    def _drain(self, out: list, saddr: bytes, daddr: bytes, mss: int = 0,
+               queue: int = 0) -> None:
         if not out:
             return
         segs = out[:]
         out.clear()
         for seg in segs:
-            self._xmit(seg, saddr, daddr, mss)
+            self._xmit(seg, saddr, daddr, mss, queue)
 
     def process(self, conn: TcpConnection) -> None:
         """After any call into *conn*: transmit, re-arm its timer, forget it if closed."""
-        self._drain(conn.out, conn.local_ip, conn.remote_ip, conn.snd_mss)
+        self._drain(conn.out, conn.local_ip, conn.remote_ip, conn.snd_mss,
+                    self._queues.get(conn, 0))
         timer = self._timers.get(conn)
         if conn.state is TcpState.CLOSED:
             self._unhash(conn)
@@ -197,12 +205,15 @@ class TcpV4:
         self._timers[conn] = timer
         conn.on_output = lambda c=conn: self.process(c)
         conn.gso_max = lambda: self.offload()[1]
+        self._queues[conn] = self.flow_queue(conn.remote_ip, conn.local_ip, conn.remote_port,
+                                             conn.local_port)
 
     def _unhash(self, conn: TcpConnection) -> None:
         key = (conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
         if self.ehash.get(key) is conn:
             del self.ehash[key]
         timer = self._timers.pop(conn, None)
+        self._queues.pop(conn, None)
         if timer is not None:
             self.timers.mod_timer(timer, None)
         binding = self._conn_binding.pop(conn, None)
