@@ -88,14 +88,6 @@ def test_up_with_bad_argument_is_one_line_exit_1(
     assert needle in line
 
 
-def test_up_as_non_root_says_must_run_as_root(capsys: pytest.CaptureFixture[str]) -> None:
-    """A valid `up` by an unprivileged user stops with the root message."""
-    if os.geteuid() == 0:
-        pytest.skip("running as root: a valid `up` would create a TAP")
-    assert main(["up", "--no-host-config"]) == 1
-    assert "must run as root" in one_error_line(capsys)
-
-
 def test_up_with_non_root_uid_says_must_run_as_root(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
