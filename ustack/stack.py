@@ -104,7 +104,7 @@ class Stack:
         self.ipv4.frag_expired = lambda quote: self.icmp.send_error(
             quote[12:16], ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME, quote
         )
-        self.udp = Udp(self.sysctl, self.stats, self.ipv4, self.icmp)
+        self.udp = Udp(self.sysctl, self.stats, self.ipv4, self.icmp, self.dev.flow_queue)
         self.tcp = TcpV4(self.sysctl, self.stats, self.ipv4, self.timers, self.now,
                          lambda: (self.dev.tx_csum, self.dev.gso_max_size),
                          self.dev.flow_queue)

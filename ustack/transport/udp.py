@@ -68,8 +68,12 @@ class UdpSock:
 class Udp:
     """The UDP protocol of one stack."""
 
-    def __init__(self, sysctl: Sysctl, stats: Stats, ipv4: Ipv4, icmp: Icmp) -> None:
+    def __init__(self, sysctl: Sysctl, stats: Stats, ipv4: Ipv4, icmp: Icmp,
+                 flow_queue: Callable[[bytes, bytes, int, int], int] = lambda *flow: 0,
+                 ) -> None:
         self.sysctl = sysctl
+        # The device queue of a flow (RSS of its receive direction), as for TCP.
+        self.flow_queue = flow_queue
         self.stats = stats
         self.ipv4 = ipv4
         self.icmp = icmp
@@ -217,6 +221,7 @@ class Udp:
                                                                            IPPROTO_UDP, ulen))
         # RFC 768: a computed checksum of zero is sent as all ones.
         struct.pack_into("!H", pkt.buf, off + 6, csum_fold(total) or 0xFFFF)
+        pkt.queue = self.flow_queue(daddr, saddr, dport, sock.local[1])
         # IP_PMTUDISC_WANT: DF when the datagram fits the MTU, else fragment.
         err = self.ipv4.ip_output(pkt, daddr, IPPROTO_UDP, src=saddr,
                                   df=ulen + 20 <= self.ipv4.mtu)
