@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..transport.tcp import TcpConnection, TcpListener, TcpState
+from ..transport.tcp import TcpConnection, TcpListener, TcpState, congestion
 from ..transport.tcp_ipv4 import Binding
 from .base import (
     IPPROTO_TCP,
@@ -116,6 +116,7 @@ class TcpSocket(StackSocket):
         listener.keepalive = self._opts["keepalive"]
         listener.sndbuf = self._sndbuf
         listener.rcvbuf = self._rcvbuf
+        listener.ca_name = self._opts.get("ca")
         self.listener = listener
 
     async def accept(self) -> tuple[TcpSocket, tuple[str, int]]:
@@ -177,6 +178,8 @@ class TcpSocket(StackSocket):
             conn.mss = min(conn.mss, self._maxseg)
         if self._opts["keepalive"]:
             conn.keepalive = True
+        if "ca" in self._opts:
+            conn.set_congestion_control(self._opts["ca"])
 
     # ---- data ---------------------------------------------------------------
 
@@ -277,9 +280,14 @@ class TcpSocket(StackSocket):
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
         self._check_open()
         if level == IPPROTO_TCP and optname == TCP_CONGESTION:
-            name = bytes(value).rstrip(b"\0").decode() if not isinstance(value, str) else value
-            if name != "reno":
+            name = value if isinstance(value, str) else bytes(value).rstrip(b"\0").decode()
+            if name not in congestion.available():
                 raise OSError(errno.ENOENT, f"congestion control {name!r} is not available")
+            self._opts["ca"] = name
+            if self.conn is not None:
+                self.conn.set_congestion_control(name)
+            if self.listener is not None:
+                self.listener.ca_name = name
             return
         v = self._int_value(value)
         sysctl = self.stack.sysctl
@@ -384,7 +392,8 @@ class TcpSocket(StackSocket):
                 packed = self._pack_tcp_info()
                 return packed[: buflen] if buflen is not None else packed
             if optname == TCP_CONGESTION:
-                name = b"reno"
+                name = (self.conn.ca.name if self.conn is not None else self._opts.get(
+                    "ca", sysctl["net.ipv4.tcp_congestion_control"])).encode()
                 return name.ljust(buflen or 16, b"\0")[: buflen or 16]
         raise OSError(errno.ENOPROTOOPT, "protocol not available")
 

@@ -222,6 +222,9 @@ class TcpV4:
 
     def _adopt(self, child: TcpConnection, listener: TcpListener) -> None:
         """A listener made a SYN-RECEIVED child: hash it; it shares the port."""
+        # tcp_assign_congestion_control: the system default (or the listener's choice).
+        child.set_congestion_control(getattr(listener, "ca_name", None)
+                                     or self.sysctl["net.ipv4.tcp_congestion_control"])
         self._hash(child)
         parent = next((b for b in self.bhash.get(listener.port, ()) if b.listening), None)
         binding = Binding(child.local_ip, child.local_port,
@@ -286,7 +289,8 @@ class TcpV4:
             raise OSError(errno.EADDRNOTAVAIL, "4-tuple already in use")
         iss = self.isn(saddr, binding.port, daddr, dport) if self.isn is not None else None
         conn = TcpConnection(saddr, binding.port, daddr, dport, self.sysctl, self.stats,
-                             self.mss, self.clock(), iss)
+                             self.mss, self.clock(), iss,
+                             ca_name=self.sysctl["net.ipv4.tcp_congestion_control"])
         self._hash(conn)
         if setup is not None:
             setup(conn)

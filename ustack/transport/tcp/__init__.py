@@ -10,7 +10,8 @@ Modules, named after their kernel counterparts:
 - ``state``: ``TcpState`` (kernel names and numbers).
 - ``connection`` (TCB + user calls), ``input`` (tcp_input.c), ``output``
   (tcp_output.c, ``rst_for``), ``timers`` (tcp_timer.c), ``reassembly``
-  (the out-of-order queue), ``congestion`` (Reno; tcp_congestion_ops shape).
+  (the out-of-order queue), ``congestion`` (pluggable like tcp_congestion_ops:
+  ``reno`` with byte counting, ``cubic`` (RFC 9438) with HyStart, the default).
 - ``listen``: ``TcpListener`` (SYN queue, accept queue).
 
 How the glue drives it
@@ -87,10 +88,12 @@ when the user sets SO_SNDBUF to stop autotuning). ``info()`` is TCP_INFO.
 Not done yet: a SACK scoreboard on the sending side (SACK blocks are sent as
 a receiver but ignored as a sender: recovery is NewReno), URG (urgent data is
 delivered inline), ECN, receive-buffer autotuning, SYN cookies, Fast Open,
-TSO-sized ``size_goal``, pluggable congestion control, PMTU changes, the
-RFC 5961 challenge-ACK rate limit, TCP_USER_TIMEOUT and SO_LINGER.
+undo of spurious retransmissions, PMTU changes, the RFC 5961 challenge-ACK
+rate limit, TCP_USER_TIMEOUT and SO_LINGER. ``size_goal`` grows to whole MSS
+up to ``gso_max`` (set by the glue from the device) for TSO/GSO.
 """
 
+from . import congestion
 from .connection import TcpConnection
 from .header import (
     ACK,
@@ -112,7 +115,7 @@ from .output import rst_for
 from .state import TcpState
 
 __all__ = [
-    "ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG", "Segment", "TcpConnection",
-    "TcpListener", "TcpOptions", "TcpState", "build_segment", "parse_options",
+    "congestion", "ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG", "Segment",
+    "TcpConnection", "TcpListener", "TcpOptions", "TcpState", "build_segment", "parse_options",
     "parse_segment", "rst_for", "tcp_checksum_ok",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 from ustack.stats import Stats
 from ustack.sysctl import Sysctl
 
-from .congestion import Reno
+from . import congestion
 from .header import Segment
 from .input import TCP_ATO_MIN, TcpInput
 from .options import TCP_MAX_WSCALE
@@ -63,6 +63,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         mss: int,
         now: float,
         iss: int | None = None,
+        ca_name: str | None = None,
     ) -> None:
         self.local_ip = local_ip
         self.local_port = local_port
@@ -138,14 +139,15 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self.backoff = 0
         self.probes_out = 0
         # Congestion control.
-        self.ca = Reno()
+        #: The congestion control ops (TCP_CONGESTION); *ca_name* or the default.
+        self.ca: congestion.CongestionOps = congestion.get(ca_name or congestion.DEFAULT)()
         self.cwnd = 0
         self.ssthresh = 0
         self.cwnd_acc = 0
         self.dupacks = 0
         self.in_recovery = False
         self.recover = self.iss
-        self.ca.init(self)
+        congestion.init_transfer(self)
         # Delayed ACK (icsk_ack).
         self._ack_pending = False
         self._ack_now = False
@@ -345,6 +347,9 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         n = min(len(data), self.sndbuf - len(self._sndq))
         if n <= 0:
             return 0
+        if self.snd_una == self.snd_max and not self._sndq:
+            # Sending restarts on an empty pipe (tcp_event_data_sent, CA_EVENT_TX_START).
+            self.ca.cwnd_event(self, congestion.CA_EVENT_TX_START, now)
         self._sndq += data[:n] if n < len(data) else data
         self._write_xmit(now)
         self._user_done()
@@ -448,6 +453,24 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         if not on:
             self._write_xmit(now)
         self._user_done()
+
+    def set_congestion_control(self, name: str) -> None:
+        """TCP_CONGESTION (``tcp_set_congestion_control``): switch algorithms.
+
+        As ``tcp_reinit_congestion_control``, the new algorithm starts with
+        fresh private state while cwnd and ssthresh stay. An unknown name
+        raises OSError(ENOENT).
+        """
+        try:
+            factory = congestion.get(name)
+        except KeyError:
+            raise OSError(errno.ENOENT, f"congestion control {name!r} is not available") from None
+        if name == self.ca.name:
+            return
+        ca = factory()
+        ca.ca_state = self.ca.ca_state
+        self.ca = ca
+        ca.init(self)
 
     # -- TCP_INFO ------------------------------------------------------------
 

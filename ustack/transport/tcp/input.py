@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 
+from . import congestion
 from .header import ACK, FIN, RST, SYN, Segment
 from .output import rst_for
 from .seq import after, before, between, seq_add, seq_sub
@@ -97,7 +98,7 @@ class TcpInput:
         # tcp_sync_mss: the effective MSS leaves room for the timestamp option.
         self.snd_mss = max(min(self.mss, peer_mss) - (12 if self.ts_ok else 0), 64)
         self.rcv_mss = self.snd_mss
-        self.ca.init(self)
+        congestion.init_transfer(self)
 
     def _rcv_synsent(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.3 (``tcp_rcv_synsent_state_process``)."""
@@ -245,16 +246,23 @@ class TcpInput:
 
     # -- ACK processing ------------------------------------------------------
 
-    def _ack_rtt_sample(self, seg: Segment, ack: int, now: float) -> None:
-        """Take an RTT sample from the echoed timestamp or the timed segment (RFC 6298/7323)."""
+    def _ack_rtt_sample(self, seg: Segment, ack: int, now: float) -> float | None:
+        """Take an RTT sample from the echoed timestamp or the timed segment (RFC 6298/7323).
+
+        Returns the sample (seconds), or None when there was none.
+        """
         opts = seg.options
         if self.ts_ok and opts is not None and opts.ts_ecr:
             rtt = ((self._ts_now(now) - opts.ts_ecr) & 0xFFFFFFFF) / 1000.0
             if rtt < 600.0:
                 self._rtt_estimator(rtt)
+                return rtt
         elif self._rtt_seq is not None and not before(ack, self._rtt_seq):
-            self._rtt_estimator(now - self._rtt_time)
+            rtt = now - self._rtt_time
+            self._rtt_estimator(rtt)
             self._rtt_seq = None
+            return rtt
+        return None
 
     def _tcp_ack(self, seg: Segment, now: float) -> bool:
         """RFC 9293 fifth check in ESTABLISHED and later (``tcp_ack``); False drops the segment."""
@@ -289,8 +297,9 @@ class TcpInput:
                     and self.snd_nxt != snd_una):
                 self._dupack(now)
             return True
+        rtt = None
         if self.ts_ok or self._rtt_seq is not None:
-            self._ack_rtt_sample(seg, ack, now)
+            rtt = self._ack_rtt_sample(seg, ack, now)
         prior_in_flight = seq_sub(self.snd_nxt, snd_una)
         # tcp_clean_rtx_queue: free acknowledged bytes of the send queue.
         data_acked = seq_sub(ack, self._sndq_seq)
@@ -307,10 +316,15 @@ class TcpInput:
         self.retransmits = 0
         self.backoff = 0
         self.dupacks = 0
+        # tcp_clean_rtx_queue -> ca pkts_acked, with the RTT sample.
+        self.ca.pkts_acked(self, acked, rtt, now)
+        if self.ca.ca_state == congestion.CA_LOSS and not before(ack, self.recover):
+            self.ca.set_state(self, congestion.CA_OPEN)
         if self.in_recovery:
             if not before(ack, self.recover):
                 # Full ACK: leave recovery (RFC 6582 3.2 step 3).
                 self.in_recovery = False
+                self.ca.set_state(self, congestion.CA_OPEN)
                 self.cwnd = min(self.ssthresh, self.flight_size() + self.snd_mss)
             else:
                 # Partial ACK: resend the next hole, deflate (RFC 6582 3.2 step 4).
@@ -318,7 +332,7 @@ class TcpInput:
                 self.cwnd = max(self.cwnd - acked + self.snd_mss, self.snd_mss)
         elif prior_in_flight * 2 >= self.cwnd:
             # Grow only while cwnd limits us (tcp_is_cwnd_limited).
-            self.ca.cong_avoid(self, acked)
+            self.ca.cong_avoid(self, acked, now)
             self._sndbuf_expand()
         self._rto_at = None if self.snd_una == self.snd_max else now + self.rto
         return True
@@ -332,6 +346,7 @@ class TcpInput:
             self.stats.tcpext["TCPRenoRecovery"] += 1
             self.stats.tcpext["TCPFastRetrans"] += 1
             self.ssthresh = self.ca.ssthresh(self)
+            self.ca.set_state(self, congestion.CA_RECOVERY)
             self.recover = self.snd_max
             self.in_recovery = True
             self.lost += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 
+from . import congestion
 from .seq import seq_add, seq_sub
 from .state import TcpState
 
@@ -127,6 +128,7 @@ class TcpTimers:
             # segment (RFC 5681 3.1), and go back to SND.UNA.
             if self.retransmits == 0:
                 self.ssthresh = self.ca.ssthresh(self)
+            self.ca.set_state(self, congestion.CA_LOSS)
             self.cwnd = self.snd_mss
             self.cwnd_acc = 0
             self.in_recovery = False
