@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_argument(
         "-z", "--zeros", action="store_true", help="show zero counters too (like nstat -z)"
     )
+    stat.add_argument(
+        "--diff", type=float, metavar="SECONDS",
+        help="show how much each counter grew over SECONDS, with its rate per second",
+    )
     _add_client_args(stat)
 
     sysctl = sub.add_parser("sysctl", help="show or set sysctls of a running stack")
@@ -292,8 +296,54 @@ def _final(path: str, req: dict[str, Any]) -> Any:
     return result
 
 
+# Groups whose numbers are levels (gauges), not counters: --diff shows them as they are.
+_GAUGES = {"sockstat"}
+
+
+def _stat_diff(before: dict[str, Any], after: dict[str, Any],
+               seconds: float) -> dict[str, Any]:
+    """Counter growth over an interval and its rate, like nstat's delta output."""
+    out: dict[str, Any] = {"link": after["link"], "seconds": seconds}
+    for group, counters in after.items():
+        if not isinstance(counters, dict) or group == "link":
+            continue
+        if group in _GAUGES:
+            out[group] = counters
+            continue
+        prev = before.get(group, {})
+        out[group] = {name: {"delta": value - prev.get(name, 0),
+                             "rate": round((value - prev.get(name, 0)) / seconds, 1)}
+                      for name, value in counters.items()}
+    return out
+
+
 def cmd_stat(args: argparse.Namespace) -> int:
-    snap = _final(_control_path(args, args.tap), {"cmd": "stat"})
+    path = _control_path(args, args.tap)
+    snap = _final(path, {"cmd": "stat"})
+    if args.diff is not None:
+        import time
+
+        if not 0 < args.diff <= 3600:
+            raise UserError("--diff takes 0 < SECONDS <= 3600")
+        time.sleep(args.diff)
+        diff = _stat_diff(snap, _final(path, {"cmd": "stat"}), args.diff)
+        if args.json:
+            print(json.dumps(diff, indent=2))
+            return 0
+        print(f"{args.tap}: counters over {args.diff:g} s (delta, per second)")
+        for group, counters in diff.items():
+            if group in ("link", "seconds"):
+                continue
+            if group in _GAUGES:
+                rows = {k: f"{v}" for k, v in counters.items() if v or args.zeros}
+            else:
+                rows = {k: f"{d['delta']:>12} {d['rate']:>14.1f}/s"
+                        for k, d in counters.items() if d["delta"] or args.zeros}
+            if rows:
+                print(f"\n{group}:")
+                for name, text in rows.items():
+                    print(f"    {name:<28} {text}")
+        return 0
     if args.json:
         print(json.dumps(snap, indent=2))
         return 0

@@ -355,9 +355,21 @@ class Stack:
     def neighbours(self) -> list[dict[str, Any]]:
         return self.arp.entries()
 
+    def sockstat(self) -> dict[str, int]:
+        """Sockets in use, like /proc/net/sockstat (TCP inuse/orphan/tw, UDP inuse)."""
+        conns = self.tcp.connections()
+        tw = sum(1 for c in conns if c.state.name == "TIME_WAIT")
+        return {
+            "TCP_inuse": len(conns) - tw + len(self.tcp.listeners),
+            "TCP_orphan": sum(1 for c in conns if c.orphan and c.state.name != "TIME_WAIT"),
+            "TCP_tw": tw,
+            "UDP_inuse": sum(len(socks) for socks in self.udp.ports.values()),
+        }
+
     def snapshot(self) -> dict[str, Any]:
         """Every counter, grouped like the kernel's files, for ``ustack stat``."""
         snap = self.stats.snapshot()
+        snap["sockstat"] = self.sockstat()
         snap["softnet_stat"] = dict(self.softnet.stat)
         snap["ethtool"] = self.dev.ethtool_stats()
         snap["link"] = {

@@ -203,3 +203,22 @@ def test_multi_queue_tap(netns):
         time.sleep(0.1)
     finally:
         assert d.stop() == 0
+
+
+def test_stat_diff_shows_rates_and_sockstat(netns):
+    d = Daemon(netns, "--serve", "echo:7")
+    try:
+        pinger = netns.popen(["ping", "-c", "10", "-i", "0.1", "10.0.0.2"],
+                             stdout=subprocess.DEVNULL)
+        p = d.cli("stat", "--diff", "1.5", "--json")
+        pinger.wait(timeout=10)
+        diff = json.loads(p.stdout)
+        echos = diff["Icmp"]["InEchos"]
+        assert 5 <= echos["delta"] <= 10 and echos["rate"] == round(echos["delta"] / 1.5, 1)
+        assert diff["sockstat"]["TCP_inuse"] == 1 and diff["sockstat"]["UDP_inuse"] == 1
+        text = d.cli("stat", "--diff", "0.2").stdout
+        assert "counters over 0.2 s" in text
+        bad = d.cli("stat", "--diff", "0", check=False)
+        assert bad.returncode == 1 and "--diff" in bad.stderr
+    finally:
+        assert d.stop() == 0
