@@ -67,7 +67,8 @@ async def open_stack(
         enabled = None if offload or offload is None else set(SOFTWARE)
         stack = Stack(link.queues, iface, name=tap, gateway=gw, mtu=mtu, mac=mac,
                       sysctl=sysctl, ring_size=ring_size, vnet_hdr_len=link.vnet_hdr_len,
-                      hw_features=hw, features=enabled, set_offload=link.set_offload)
+                      hw_features=hw, features=enabled, set_offload=link.set_offload,
+                      set_queue_attached=link.set_queue_attached if queues > 1 else None)
         stack.dev.set_impair(rx_impair, tx_impair)
         async with trio.open_nursery() as nursery:
             await nursery.start(stack.run)

@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("-X", dest="set_rss", nargs="+", metavar="equal N | weight W... | hkey K",
                       help="change the indirection table or key")
     mode.add_argument("-l", dest="channels", action="store_true", help="queue (channel) counts")
+    mode.add_argument("-L", dest="set_channels", nargs=2, metavar=("combined", "N"),
+                      help="use N queues (detaching the others from the TAP)")
     _add_client_args(eth)
 
     imp = sub.add_parser("impair", help="show or set the impairments of the stack's wire")
@@ -575,8 +577,13 @@ def cmd_ethtool(args: argparse.Namespace) -> int:
             req["rss"] = {"hkey": words[1]}
         else:
             raise UserError("ethtool -X takes: equal N | weight W0 W1 ... | hkey KEY")
+    if args.set_channels:
+        word, count = args.set_channels
+        if word != "combined" or not count.isdigit():
+            raise UserError("ethtool -L takes: combined N")
+        req["combined"] = int(count)
     result = _final(_control_path(args, args.tap), req)
-    if args.set_features or args.set_rss:
+    if args.set_features or args.set_rss or args.set_channels:
         return 0
     if args.json:
         key = ("stats" if args.stats else "rings" if args.rings else "rss" if args.show_rss
@@ -590,7 +597,8 @@ def cmd_ethtool(args: argparse.Namespace) -> int:
             print(f"{i:5}: " + "".join(f"{q:6}" for q in reta[i : i + 8]))
         print(f"RSS hash key:\n{result['rss']['key']}")
     elif args.channels:
-        print(f"Channel parameters for {args.tap}:\nCurrent hardware settings:\n"
+        print(f"Channel parameters for {args.tap}:\nPre-set maximums:\n"
+              f"Combined:\t{result['channels']['max_combined']}\nCurrent hardware settings:\n"
               f"Combined:\t{result['channels']['combined']}")
     elif args.stats:
         print("NIC statistics:")

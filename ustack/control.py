@@ -172,6 +172,12 @@ class ControlServer:
                     dev.rss.set_key(bytes.fromhex(str(rss["hkey"]).replace(":", "")))
             except (RssError, ValueError, TypeError) as err:
                 raise ControlError(str(err)) from None
+        combined = request.get("combined")
+        if combined is not None:
+            try:
+                dev.set_channels(int(combined))
+            except (ValueError, OSError) as err:
+                raise ControlError(str(err)) from None
         changes = request.get("set")
         if changes:
             if not isinstance(changes, dict):
@@ -185,7 +191,7 @@ class ControlServer:
             "stats": dev.ethtool_stats(),
             "rings": dev.rings(),
             "rss": {"key": dev.rss.key.hex(":"), "reta": dev.rss.reta},
-            "channels": {"combined": dev.num_queues},
+            "channels": {"combined": dev.active_queues, "max_combined": dev.num_queues},
         }
 
     async def _impair(self, request: dict[str, Any], send: Send) -> Any:

@@ -74,6 +74,7 @@ class Stack:
         hw_features: frozenset[str] = frozenset(),
         features: set[str] | None = None,
         set_offload: Callable[[int], None] | None = None,
+        set_queue_attached: Callable[[int, bool], None] | None = None,
     ) -> None:
         self.sysctl = sysctl if sysctl is not None else Sysctl()
         self.stats = Stats()
@@ -83,7 +84,7 @@ class Stack:
         self.dev = NetDevice(
             name, self.mac, links, self.softnet, mtu=mtu, ring_size=ring_size,
             vnet_hdr_len=vnet_hdr_len, hw_features=hw_features, features=features,
-            set_offload=set_offload, clock=self.now,
+            set_offload=set_offload, clock=self.now, set_queue_attached=set_queue_attached,
         )
         self.dev.rx_handler = self.netif_receive_skb
         self.routes = RouteTable()

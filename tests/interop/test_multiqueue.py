@@ -8,8 +8,10 @@ over 4 queues every queue carries traffic both ways and every byte returns.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
+import time
 
 from netns import Daemon
 
@@ -47,5 +49,51 @@ def test_sixteen_flows_spread_over_four_queues(netns):
         assert "Combined:\t4" in d.cli("ethtool", "-l").stdout
         bad = d.cli("ethtool", "-X", "equal", "9", check=False)
         assert bad.returncode == 1 and "4 queue" in bad.stderr
+    finally:
+        assert d.stop() == 0
+
+
+PACED = textwrap.dedent("""
+    import hashlib, socket, threading, time
+    results = []
+    def flow(i):
+        data = hashlib.sha256(str(i).encode()).digest() * 40000   # 1.28 MB, paced
+        c = socket.create_connection(("10.0.0.2", 7))
+        def send():
+            for k in range(0, len(data), 32000):
+                c.sendall(data[k:k + 32000]); time.sleep(0.05)
+            c.shutdown(socket.SHUT_WR)
+        threading.Thread(target=send).start()
+        got = b""
+        while d := c.recv(1 << 16):
+            got += d
+        results.append(got == data)
+    threads = [threading.Thread(target=flow, args=(i,)) for i in range(16)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    print(sum(results))
+""")
+
+
+def test_detaching_queues_mid_transfer_moves_flows_and_loses_nothing(netns):
+    d = Daemon(netns, "--queues", "4", "--serve", "echo:7")
+    try:
+        p = netns.popen([sys.executable, "-c", PACED], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.8)
+        d.cli("ethtool", "-L", "combined", "2")
+        time.sleep(0.3)
+        before = json.loads(d.cli("ethtool", "-S", "--json").stdout)
+        out, _ = p.communicate(timeout=120)
+        assert out.strip() == "16"
+        after = json.loads(d.cli("ethtool", "-S", "--json").stdout)
+        # Our frames left only on the two remaining queues after the change.
+        for q in (2, 3):
+            assert after[f"tx_queue_{q}_packets"] == before[f"tx_queue_{q}_packets"]
+        assert sum(after[f"tx_queue_{q}_packets"] - before[f"tx_queue_{q}_packets"]
+                   for q in (0, 1)) > 100
+        text = d.cli("ethtool", "-l").stdout
+        assert "Combined:\t4" in text and text.rstrip().endswith("Combined:\t2")
+        d.cli("ethtool", "-L", "combined", "4")
+        assert set(json.loads(d.cli("ethtool", "-x", "--json").stdout)["reta"]) == {0, 1, 2, 3}
     finally:
         assert d.stop() == 0

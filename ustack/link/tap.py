@@ -20,6 +20,7 @@ TUNSETIFF = 0x400454CA
 TUNGETFEATURES = 0x800454CF
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
+TUNSETQUEUE = 0x400454D9
 
 # TUNSETOFFLOAD bits: what the kernel may hand us (include/uapi/linux/if_tun.h).
 TUN_F_CSUM = 0x01
@@ -30,6 +31,8 @@ TUN_F_TSO_ECN = 0x08
 IFF_TAP = 0x0002
 IFF_NAPI = 0x0010
 IFF_MULTI_QUEUE = 0x0100
+IFF_ATTACH_QUEUE = 0x0200
+IFF_DETACH_QUEUE = 0x0400
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 
@@ -135,6 +138,15 @@ class Tap:
         The flags are per device, so one queue's descriptor sets them for all.
         """
         fcntl.ioctl(self.queues[0].fd, TUNSETOFFLOAD, flags)
+
+    def set_queue_attached(self, index: int, attached: bool) -> None:
+        """TUNSETQUEUE: (re)attach or detach one queue of a multi-queue TAP.
+
+        A detached queue gets no new frames from the kernel; the tun driver
+        re-spreads its flows over the attached ones (tun_detach).
+        """
+        flags = IFF_ATTACH_QUEUE if attached else IFF_DETACH_QUEUE
+        fcntl.ioctl(self.queues[index].fd, TUNSETQUEUE, struct.pack("16sH", b"", flags))
 
     def probe_offload(self) -> bool:
         """Can the kernel hand us checksum-less frames and TSO super-frames?"""

@@ -88,6 +88,7 @@ class NetDevice:
         features: set[str] | None = None,
         set_offload: Callable[[int], None] | None = None,
         clock: Callable[[], float] | None = None,
+        set_queue_attached: Callable[[int, bool], None] | None = None,
     ) -> None:
         if not links:
             raise ValueError("a device needs at least one queue")
@@ -118,6 +119,11 @@ class NetDevice:
         self.tx_impair: list[Impairment | None] = [None] * len(links)
         self.impair_spec: tuple[Impair | None, Impair | None] = (None, None)
         self.rss = Rss(len(links))
+        self._flow_cache: dict[tuple[bytes, bytes, int, int], int] = {}
+        self._flow_cache_gen = -1
+        # Queues in use (ethtool -L combined); the rest stay open but detached.
+        self.active_queues = len(links)
+        self._set_queue_attached = set_queue_attached
         self.features = Features(hw_features, features)
         self.features.on_change = self._apply_features
         self._apply_features(self.features.active)
@@ -126,6 +132,25 @@ class NetDevice:
     @property
     def num_queues(self) -> int:
         return len(self.links)
+
+    def set_channels(self, combined: int) -> None:
+        """``ethtool -L combined N``: use the first N queues (at most those opened).
+
+        Queues beyond N are detached from the TAP (TUNSETQUEUE), so the kernel
+        stops using them, and the RETA is spread over the first N, so our own
+        flows move too; frames already on a detached queue are still read.
+        """
+        if not 1 <= combined <= len(self.links):
+            raise ValueError(f"combined {combined}: the device has {len(self.links)} queue(s)")
+        if self._set_queue_attached is None and combined != len(self.links):
+            raise ValueError("this link cannot change its queue count")
+        self.rss.set_equal(combined)
+        if self._set_queue_attached is not None:
+            for q in range(len(self.links)):
+                want = q < combined
+                if want != (q < self.active_queues):
+                    self._set_queue_attached(q, want)
+        self.active_queues = combined
 
     def flow_queue(self, saddr: bytes, daddr: bytes, sport: int, dport: int) -> int:
         """The queue of a flow whose packets arrive from (saddr, sport) (RSS + RETA).
@@ -136,7 +161,16 @@ class NetDevice:
         if len(self.links) == 1:
             return 0
         rss = self.rss
-        return rss.queue_of(rss.flow_hash(saddr, daddr, sport, dport))
+        if self._flow_cache_gen != rss.generation or len(self._flow_cache) > 65536:
+            # The table or key changed: every flow picks its queue anew
+            # (netdev_pick_tx when the socket's cached queue is stale).
+            self._flow_cache.clear()
+            self._flow_cache_gen = rss.generation
+        key = (saddr, daddr, sport, dport)
+        q = self._flow_cache.get(key)
+        if q is None:
+            q = self._flow_cache[key] = rss.queue_of(rss.flow_hash(saddr, daddr, sport, dport))
+        return q
 
     def _gro_deliver(self, pkt: Packet) -> None:
         self.rx_handler(pkt)

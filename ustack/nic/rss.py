@@ -53,6 +53,8 @@ class Rss:
         if queues < 1:
             raise RssError("at least one queue")
         self.queues = queues
+        # Bumped by every change of key or table, so cached choices can expire.
+        self.generation = 0
         self.set_key(key)
         self.reta = [i % queues for i in range(RETA_SIZE)]
 
@@ -61,6 +63,7 @@ class Rss:
             raise RssError(f"the RSS key must be {len(DEFAULT_KEY)} bytes, got {len(key)}")
         self.key = key
         self._tables = _byte_tables(key)
+        self.generation += 1
 
     def toeplitz(self, data: bytes) -> int:
         """The Toeplitz hash of *data* (addresses then ports, network order)."""
@@ -84,6 +87,7 @@ class Rss:
         if not 1 <= n <= self.queues:
             raise RssError(f"equal {n}: the device has {self.queues} queue(s)")
         self.reta = [i % n for i in range(RETA_SIZE)]
+        self.generation += 1
 
     def set_weights(self, weights: list[int]) -> None:
         """``ethtool -X DEV weight W0 W1 ...``: entries in proportion to the weights."""
@@ -103,3 +107,4 @@ class Rss:
                     reta.append(q)
                     break
         self.reta = reta
+        self.generation += 1

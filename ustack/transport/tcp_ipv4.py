@@ -74,7 +74,6 @@ class TcpV4:
         self.offload = offload
         # The device queue for a flow, by RSS of (remote, local): netdev_pick_tx.
         self.flow_queue = flow_queue
-        self._queues: dict[TcpConnection, int] = {}
         self.ehash: dict[Key, TcpConnection] = {}
         self.listeners: dict[int, TcpListener] = {}
         self.bhash: dict[int, list[Binding]] = {}
@@ -185,8 +184,10 @@ class TcpV4:
 
     def process(self, conn: TcpConnection) -> None:
         """After any call into *conn*: transmit, re-arm its timer, forget it if closed."""
-        self._drain(conn.out, conn.local_ip, conn.remote_ip, conn.snd_mss,
-                    self._queues.get(conn, 0))
+        if conn.out:
+            queue = self.flow_queue(conn.remote_ip, conn.local_ip, conn.remote_port,
+                                    conn.local_port)
+            self._drain(conn.out, conn.local_ip, conn.remote_ip, conn.snd_mss, queue)
         timer = self._timers.get(conn)
         if conn.state is TcpState.CLOSED:
             self._unhash(conn)
@@ -205,15 +206,12 @@ class TcpV4:
         self._timers[conn] = timer
         conn.on_output = lambda c=conn: self.process(c)
         conn.gso_max = lambda: self.offload()[1]
-        self._queues[conn] = self.flow_queue(conn.remote_ip, conn.local_ip, conn.remote_port,
-                                             conn.local_port)
 
     def _unhash(self, conn: TcpConnection) -> None:
         key = (conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
         if self.ehash.get(key) is conn:
             del self.ehash[key]
         timer = self._timers.pop(conn, None)
-        self._queues.pop(conn, None)
         if timer is not None:
             self.timers.mod_timer(timer, None)
         binding = self._conn_binding.pop(conn, None)
