@@ -61,7 +61,7 @@ PACED = textwrap.dedent("""
         c = socket.create_connection(("10.0.0.2", 7))
         def send():
             for k in range(0, len(data), 32000):
-                c.sendall(data[k:k + 32000]); time.sleep(0.05)
+                c.sendall(data[k:k + 32000]); time.sleep(0.12)   # about 5 s per flow
             c.shutdown(socket.SHUT_WR)
         threading.Thread(target=send).start()
         got = b""
@@ -83,6 +83,7 @@ def test_detaching_queues_mid_transfer_moves_flows_and_loses_nothing(netns):
         d.cli("ethtool", "-L", "combined", "2")
         time.sleep(0.3)
         before = json.loads(d.cli("ethtool", "-S", "--json").stdout)
+        assert p.poll() is None, "the transfers ended before the queue change"
         out, _ = p.communicate(timeout=120)
         assert out.strip() == "16"
         after = json.loads(d.cli("ethtool", "-S", "--json").stdout)
