@@ -158,7 +158,7 @@ class Stack:
             self.softnet.napi_schedule(napi)
             # irq_exit -> invoke_softirq: the softirq runs here, no task switch.
             self.do_softirq()
-            if self.dev.rx_impair[q] is not None:
+            if self.dev.impaired:
                 self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
             if not done.is_set():
                 await done.wait()
@@ -215,7 +215,7 @@ class Stack:
         """
         if not self._in_softirq:
             self.dev.flush_tx()
-            if self.dev.tx_impair[0] is not None:
+            if self.dev.impaired:
                 self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
 
     # ---- receive ----------------------------------------------------------
@@ -288,12 +288,13 @@ class Stack:
     def after_rx(self) -> None:
         """Re-arm timers whose deadline receive or transmit work may have changed."""
         self.timers.mod_timer(self._frag_timer, self.ipv4.reasm.next_deadline())
-        self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
+        if self.dev.impaired:
+            self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
 
     def set_impair(self, rx: Impair | None, tx: Impair | None) -> None:
         """Impair this stack's wire from now on, both directions (None: clean)."""
         self.dev.set_impair(rx, tx)
-        self.after_rx()
+        self.timers.mod_timer(self._impair_timer, self.dev.impair_deadline())
 
     def _impair_release(self, now: float) -> None:
         """Frames held by the impaired wire are due: deliver or transmit them."""

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+import trio.testing
 
 from ustack.link.wire import Wire
 from ustack.stack import Stack
@@ -22,6 +23,14 @@ def make_pair(mtu: int = 1500, **kwargs) -> tuple[Wire, Stack, Stack]:
     b = Stack([wire.b], ipaddress.IPv4Interface("10.0.0.2/24"), name="b", mac=B_MAC, mtu=mtu,
               **kwargs)
     return wire, a, b
+
+
+def run(fn, mock: bool = True) -> None:
+    """trio.run *fn*, on a MockClock that jumps whenever every task waits."""
+    if mock:
+        trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+    else:
+        trio.run(fn)
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ import ipaddress
 
 import trio
 import trio.testing
-from stackpair import A_MAC, B_MAC, running
+from stackpair import A_MAC, B_MAC, run, running
 from test_sockets import connected_pair
 
 from ustack.link.wire import Wire
@@ -27,8 +27,6 @@ def pair(impair: str = "") -> tuple[Wire, Stack, Stack]:
     return wire, a, b
 
 
-def run(fn) -> None:
-    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 async def exchange(a: Stack, b: Stack, size: int) -> None:

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trio.testing
-from stackpair import make_pair, running
+from stackpair import make_pair, run, running
 
 from ustack.blocking import BlockingStack, LoopThread
 from ustack.link.wire import Wire
@@ -29,11 +29,6 @@ from ustack.transport.tcp import TcpState
 _ports = itertools.count(20000)
 
 
-def run(fn, mock: bool = True) -> None:
-    if mock:
-        trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
-    else:
-        trio.run(fn)
 
 
 async def connected_pair(a: Stack, b: Stack) -> tuple[trio.SocketStream, trio.SocketStream]:

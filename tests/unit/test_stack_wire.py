@@ -10,13 +10,9 @@ import trio
 import trio.testing
 from scapy.layers.inet import ICMP, IP, fragment
 from scapy.layers.l2 import ARP, Ether
-from stackpair import A_MAC, B_MAC, make_pair, running
+from stackpair import A_MAC, B_MAC, make_pair, run, running
 
 from ustack.net.arp import NUD_FAILED, NUD_REACHABLE
-
-
-def run(fn) -> None:
-    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_ping_resolves_arp_and_is_answered():

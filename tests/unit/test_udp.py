@@ -9,13 +9,9 @@ import trio
 import trio.testing
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
-from stackpair import A_MAC, B_MAC, make_pair, running
+from stackpair import A_MAC, B_MAC, make_pair, run, running
 
 from ustack.socket import AF_INET, SOCK_DGRAM
-
-
-def run(fn) -> None:
-    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_datagrams_both_ways_with_fragmentation():

@@ -118,6 +118,7 @@ class NetDevice:
         self.rx_impair: list[Impairment | None] = [None] * len(links)
         self.tx_impair: list[Impairment | None] = [None] * len(links)
         self.impair_spec: tuple[Impair | None, Impair | None] = (None, None)
+        self.impaired = False
         self.rss = Rss(len(links))
         self._flow_cache: dict[tuple[bytes, bytes, int, int], int] = {}
         self._flow_cache_gen = -1
@@ -244,6 +245,7 @@ class NetDevice:
             self.rx_impair[q] = make(rx, q)
             self.tx_impair[q] = make(tx, q)
         self.impair_spec = (rx, tx)
+        self.impaired = rx is not None or tx is not None
 
     def _release_all(self, q: int) -> list[bytes]:
         """Frames held on the TX side when impairments change go out now."""
@@ -267,6 +269,8 @@ class NetDevice:
 
     def impair_deadline(self) -> float | None:
         """When impair_poll has something to release next."""
+        if not self.impaired:
+            return None
         deadlines = [i.next_deadline() for i in (*self.rx_impair, *self.tx_impair)
                      if i is not None]
         deadlines = [d for d in deadlines if d is not None]
