@@ -50,12 +50,45 @@ is slower for throughput and connections, above 1 is slower for latency.
 ``--json FILE`` writes every number, the raw runs, the sizes used and the
 machine (nproc, CPU model, ``uname -r``, Python version, date).
 
+goodput under loss (a second table)
+    ``GET /bytes/N`` (the peer sends, so its congestion control and loss
+    recovery are what is measured) while ``iptables -m statistic --mode
+    random`` in the client's namespace drops 1 % and then 5 % of the TCP
+    packets each way on the link (veth0 or tap0), with the sending peer
+    using reno, then cubic (the kernel server's sockets by TCP_CONGESTION,
+    ustack's ``net.ipv4.tcp_congestion_control`` through ``ustack
+    sysctl``). To drop packets rather than 64 KB super-frames, segmentation
+    offloads are off on the veth pair and ustack runs with ``--offload
+    off``. Needs iptables; without it the section is skipped and says so.
+
+interrupt coalescing (a third table)
+    One ``ustack up`` (offload on); for each setting of ``ustack ethtool tap0
+    -C`` (rx-usecs 0, then held interrupts, then adaptive-rx) the client
+    measures 1-byte RR latency and bulk kernel->peer, and ``ustack ethtool
+    -S`` gives the frames each NAPI poll of the queue found (packets over
+    polls) during each: holding the interrupt buys bigger batches at the
+    price of latency. Latency is also shown as a ratio to rx-usecs 0.
+    ``--quick`` measures only rx-usecs 0 and the longest hold.
+
+TCP Small Queues (a fourth table)
+    One ``ustack up`` whose wire sends at 100 Mbit/s (``--impair
+    tx:rate=100mbit``), so a queue builds in its qdisc. Three bulk downloads
+    from ustack's http service run while the client measures 1-byte RR
+    latency over echo:7 (the answers queue behind the downloads), once with
+    TSQ on and once with ``ustack.tcp_small_queues=0``. With TSQ each bulk
+    socket keeps only about a millisecond of data below it, so the answers
+    wait behind less. Latency is also shown as the ratio TSQ off / on.
+
 Namespaces (named ``ustack-bench-PID-*``), servers and daemons are removed on
 exit, including on Ctrl-C and SIGTERM. No packet leaves those namespaces.
 
 The script also runs itself in two internal roles inside a namespace:
-``bench.py _serve`` (the kernel baseline's servers) and ``bench.py _client
-HOST SIZES_JSON`` (the client; one JSON line per measurement on stdout).
+``bench.py _serve`` (the kernel baseline's servers), ``bench.py _client
+HOST SIZES_JSON`` (the client; one JSON line per measurement on stdout),
+``bench.py _goodput HOST SIZES_JSON`` (one bulk GET for the loss table) and
+``bench.py _coalesce HOST SIZES_JSON rr|bulk`` (RR or a bulk send, for the coalescing
+table) and ``bench.py _tsq HOST SIZES_JSON`` (RR under bulk downloads, for the TSQ
+table).
 """
 
 from __future__ import annotations
@@ -128,6 +161,19 @@ COLUMNS = [
     ("ustack_offload_on", "ustack offload on"),
     ("ustack_offload_off", "ustack offload off"),
 ]
+
+
+# The loss table: drop probabilities (each way) and congestion controls.
+LOSS_RATES = (0.01, 0.05)
+LOSS_CCS = ("reno", "cubic")
+# The coalescing table: (label, ``ustack ethtool -C`` arguments).
+COALESCE_SETTINGS = [
+    ("rx-usecs 0", ["rx-usecs", "0", "rx-frames", "0", "adaptive-rx", "off"]),
+    ("rx-usecs 50 rx-frames 16", ["rx-usecs", "50", "rx-frames", "16"]),
+    ("rx-usecs 250 rx-frames 64", ["rx-usecs", "250", "rx-frames", "64"]),
+    ("adaptive-rx on", ["rx-usecs", "0", "rx-frames", "0", "adaptive-rx", "on"]),
+]
+TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
 
 
 class BenchError(Exception):
@@ -289,12 +335,97 @@ def client_main(host: str, sizes_json: str) -> int:
     return status
 
 
+def goodput_main(host: str, sizes_json: str) -> int:
+    """The ``_goodput`` role: one sized bulk GET from *host* (the loss table), as JSON."""
+    sz = Sizes(**json.loads(sizes_json))
+    try:
+        print(json.dumps({"test": "goodput", **bulk("get", host, sz)}), flush=True)
+    except (OSError, ValueError) as err:
+        print(json.dumps({"test": "goodput", "error": f"{type(err).__name__}: {err}"}),
+              flush=True)
+        return 1
+    return 0
+
+
+def coalesce_main(host: str, sizes_json: str, kind: str) -> int:
+    """The ``_coalesce`` role: RR latency (*kind* rr) or a bulk send (bulk), one JSON line."""
+    sz = Sizes(**json.loads(sizes_json))
+    try:
+        if kind == "rr":
+            rr = request_response(host, sz)
+            rec = {"rr_median_us": rr["median"], "rr_p99_us": rr["p99"]}
+        else:
+            rec = {"bulk_MBps": bulk("send", host, sz)["value"]}
+        print(json.dumps({"test": "coalesce", **rec}), flush=True)
+    except (OSError, ValueError) as err:
+        print(json.dumps({"test": "coalesce", "error": f"{type(err).__name__}: {err}"}),
+              flush=True)
+        return 1
+    return 0
+
+
+TSQ_FLOWS = 3
+
+
+def tsq_main(host: str, sizes_json: str) -> int:
+    """The ``_tsq`` role: RR latency while TSQ_FLOWS bulk downloads run, one JSON line."""
+    sz = Sizes(**json.loads(sizes_json))
+    # The downloads outlast the RR measurement (rr_seconds, after 0.5 s to fill the queue).
+    stop = time.perf_counter() + sz.rr_seconds + 2.0
+    got: list[int] = []
+    errors: list[str] = []
+
+    def download() -> None:
+        try:
+            got.append(bulk_get(host, 1 << 34, stop, sz.io_timeout)["bytes"])
+        except OSError as err:
+            errors.append(f"{type(err).__name__}: {err}")
+
+    threads = [threading.Thread(target=download, daemon=True) for _ in range(TSQ_FLOWS)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)  # the downloads fill the queue first
+        # Round trips behind the queue take tens of ms: a short warm-up, then
+        # as many as rr_seconds allow (request_response's would outlast them).
+        samples: list[float] = []
+        with _connect(host, 7, sz.io_timeout) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline = time.perf_counter() + sz.rr_seconds
+            while time.perf_counter() < deadline and len(samples) < sz.rr_count + 3:
+                t0 = time.perf_counter()
+                s.sendall(b"x")
+                if s.recv(1) != b"x":
+                    raise OSError("echo answered wrongly")
+                samples.append((time.perf_counter() - t0) * 1e6)
+        samples = sorted(samples[3:])  # the first three warm the path up
+        if not samples:
+            raise OSError("no round trip completed")
+        rec: dict[str, Any] = {"rr_median_us": statistics.median(samples),
+                               "rr_p99_us": nearest_rank(samples, 99)}
+    except OSError as err:
+        errors.append(f"{type(err).__name__}: {err}")
+        rec = {}
+    for t in threads:
+        t.join(sz.io_timeout + 5)
+    if errors:
+        rec["error"] = errors[0]
+    rec["bulk_MBps"] = sum(got) / max(time.perf_counter() - started, 1e-9) / 1e6
+    print(json.dumps({"test": "tsq", **rec}), flush=True)
+    return 1 if "error" in rec else 0
+
+
 # --------------------------------------------------------------------------- server role
 # The kernel baseline's peer: ustack's service code over trio's kernel sockets.
 
 
-def serve_main() -> int:
-    """The ``_serve`` role: echo:7, discard:9 and http:80 on kernel sockets."""
+def serve_main(cc: str | None = None) -> int:
+    """The ``_serve`` role: echo:7, discard:9 and http:80 on kernel sockets.
+
+    With *cc* every socket uses that congestion control (TCP_CONGESTION, which
+    accepted sockets inherit): a namespace may not choose a restricted one.
+    """
     import trio
 
     from ustack.services import parse_spec, run_service
@@ -323,7 +454,10 @@ def serve_main() -> int:
 
         def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM,
                    proto: int = 0) -> KernelSocket:
-            return KernelSocket(trio.socket.socket(family, type, proto))
+            sock = trio.socket.socket(family, type, proto)
+            if cc and type == socket.SOCK_STREAM:
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, cc.encode())
+            return KernelSocket(sock)
 
     async def main() -> None:
         stack = KernelStack()
@@ -572,6 +706,266 @@ def measure_ustack(lab: Lab, sz: Sizes, ustack: str, offload: str | None,
             "daemon_tracebacks": problems}
 
 
+# --------------------------------------------------------------------------- loss
+
+
+def set_drop(ns: str, dev: str, p: float) -> None:
+    """Replace *ns*'s iptables rules by random drops of TCP on *dev*, *p* each way."""
+    ipt = ["ip", "netns", "exec", ns, "iptables"]
+    _check([*ipt, "-F"], "iptables -F")
+    for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
+        _check([*ipt, "-A", chain, flag, dev, "-p", "tcp", "-m", "statistic", "--mode",
+                "random", "--probability", f"{p:.4f}", "-j", "DROP"], "iptables -A")
+
+
+def run_goodput(lab: Lab, ns: str, sz: Sizes, what: str) -> float | None:
+    """One ``_goodput`` client in *ns*; MB/s, or None (said why) when it failed."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "_goodput", PEER,
+            json.dumps(asdict(sz))]
+    log = lab.dir / "goodput.log"
+    p = lab.start(ns, argv, log, stdout=subprocess.PIPE)
+    budget = (sz.bulk_runs + 1) * (4 * sz.bulk_seconds + sz.io_timeout + 5) + 30
+    try:
+        out, _ = p.communicate(timeout=budget)
+    except subprocess.TimeoutExpired:
+        out = b""
+    finally:
+        lab.stop(p)
+    try:
+        rec = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        rec = {"test": "goodput", "error": f"client exited {p.returncode} without a result"}
+    if "error" in rec:
+        say(f"{what}: FAILED: {rec['error']}")
+        return None
+    say(f"{what}: {rec['value']:.2f} MB/s")
+    return float(rec["value"])
+
+
+def measure_loss(lab: Lab, sz: Sizes, ustack: str, has_offload: bool) -> list[dict[str, Any]]:
+    """The loss table: goodput of GET under iptables drops, kernel veth vs ustack."""
+    lsz = Sizes(**{**asdict(sz), "probe_bytes": min(sz.probe_bytes, 4 << 20),
+                   "bulk_runs": min(sz.bulk_runs, 2), "bulk_seconds": min(sz.bulk_seconds, 2.0)})
+    rows = {(cc, p): {"cc": cc, "loss": p} for cc in LOSS_CCS for p in LOSS_RATES}
+    say("loss: kernel veth, segmentation offloads off, iptables drops on veth0")
+    client_ns, server_ns = lab.netns("lcli"), lab.netns("lsrv")
+    _check(["ip", "-n", client_ns, "link", "add", "veth0", "type", "veth",
+            "peer", "name", "veth1", "netns", server_ns], "ip link add veth")
+    for ns, dev, addr in ((client_ns, "veth0", KERNEL), (server_ns, "veth1", PEER)):
+        _check(["ip", "-n", ns, "addr", "add", f"{addr}/{PREFIX}", "dev", dev], "ip addr add")
+        _check(["ip", "-n", ns, "link", "set", dev, "up"], "ip link set up")
+        if shutil.which("ethtool"):
+            _run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off",
+                  "gro", "off"])
+    try:
+        for cc in LOSS_CCS:
+            # The sender is the server: its sockets use *cc* (TCP_CONGESTION).
+            log = lab.dir / f"loss-server-{cc}.log"
+            server = lab.start(server_ns, [sys.executable, str(Path(__file__).resolve()),
+                                           "_serve", cc], log)
+            try:
+                wait_ready(server, log, "the kernel baseline's Python server")
+                for p in LOSS_RATES:
+                    set_drop(client_ns, "veth0", p)
+                    rows[cc, p]["kernel_veth"] = run_goodput(
+                        lab, client_ns, lsz, f"loss {cc} {p:.0%}: kernel veth")
+            finally:
+                lab.stop(server)
+    finally:
+        lab.remove_netns(client_ns)
+        lab.remove_netns(server_ns)
+    ns = lab.netns("loss")
+    control = lab.dir / "loss.sock"
+    argv = [ustack, "up", "tap0", "--addr", f"{PEER}/{PREFIX}", "--host-addr",
+            f"{KERNEL}/{PREFIX}", *(["--offload", "off"] if has_offload else []),
+            "--serve", "http:80", "--control", str(control)]
+    say(f"loss: {' '.join(argv[1:])}, iptables drops on tap0")
+    log = lab.dir / "daemon-loss.log"
+    daemon = lab.start(ns, argv, log)
+    try:
+        wait_ready(daemon, log, "ustack up")
+        for cc in LOSS_CCS:
+            _check([ustack, "sysctl", "tap0", f"net.ipv4.tcp_congestion_control={cc}",
+                    "--control", str(control)], f"ustack sysctl tcp_congestion_control={cc}")
+            for p in LOSS_RATES:
+                set_drop(ns, "tap0", p)
+                rows[cc, p]["ustack"] = run_goodput(lab, ns, lsz, f"loss {cc} {p:.0%}: ustack")
+    finally:
+        lab.stop(daemon)
+        lab.remove_netns(ns)
+    out = list(rows.values())
+    for row in out:
+        row["ratio"] = ratio(row.get("ustack"), row.get("kernel_veth"))
+    return out
+
+
+def measure_coalescing(lab: Lab, sz: Sizes, ustack: str) -> list[dict[str, Any]]:
+    """The coalescing table: latency, throughput and frames per poll per setting."""
+    csz = Sizes(**{**asdict(sz), "probe_bytes": min(sz.probe_bytes, 4 << 20),
+                   "bulk_runs": 1, "bulk_seconds": min(sz.bulk_seconds, 1.5),
+                   "rr_count": min(sz.rr_count, 3000), "rr_seconds": min(sz.rr_seconds, 4.0)})
+    ns = lab.netns("coal")
+    control = lab.dir / "coalesce.sock"
+    argv = [ustack, "up", "tap0", "--addr", f"{PEER}/{PREFIX}", "--host-addr",
+            f"{KERNEL}/{PREFIX}", "--serve", "echo:7", "--serve", "discard:9",
+            "--control", str(control)]
+    say(f"coalescing: {' '.join(argv[1:])}")
+    log = lab.dir / "daemon-coalesce.log"
+    daemon = lab.start(ns, argv, log)
+
+    def counters() -> dict[str, int]:
+        out = _check([ustack, "ethtool", "tap0", "-S", "--json", "--control", str(control)],
+                     "ustack ethtool -S")
+        return json.loads(out)
+
+    rows = []
+    try:
+        wait_ready(daemon, log, "ustack up")
+        # --quick: no coalescing, then the longest hold; the full run has every setting.
+        settings = COALESCE_SETTINGS if sz is DEFAULT else COALESCE_SETTINGS[::2]
+        for label, args in settings:
+            _check([ustack, "ethtool", "tap0", "-C", *args, "--control", str(control)],
+                   f"ustack ethtool -C {' '.join(args)}")
+            row: dict[str, Any] = {"setting": label}
+            after = counters()
+            for kind in ("rr", "bulk"):
+                before = after
+                p = lab.start(ns, [sys.executable, str(Path(__file__).resolve()), "_coalesce",
+                                   PEER, json.dumps(asdict(csz)), kind],
+                              lab.dir / "coalesce.log", stdout=subprocess.PIPE)
+                try:
+                    out, _ = p.communicate(timeout=4 * csz.bulk_seconds + csz.rr_seconds
+                                           + 3 * csz.io_timeout + 30)
+                except subprocess.TimeoutExpired:
+                    out = b""
+                finally:
+                    lab.stop(p)
+                after = counters()
+                try:
+                    rec = json.loads(out.decode().strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    rec = {"error": f"client exited {p.returncode} without a result"}
+                if "error" in rec:
+                    say(f"coalescing {label} {kind}: FAILED: {rec['error']}")
+                row.update({k: v for k, v in rec.items() if k != "test" and k != "error"})
+                polls = after["rx_queue_0_napi_polls"] - before["rx_queue_0_napi_polls"]
+                frames = after["rx_queue_0_packets"] - before["rx_queue_0_packets"]
+                row[f"{kind}_frames_per_poll"] = frames / polls if polls else None
+            if "rr_median_us" in row and "bulk_MBps" in row:
+                say(f"coalescing {label}: RR median {row['rr_median_us']:.1f} us "
+                    f"({row['rr_frames_per_poll'] or 0:.2f} frames/poll), bulk "
+                    f"{row['bulk_MBps']:.1f} MB/s ({row['bulk_frames_per_poll'] or 0:.2f} "
+                    "frames/poll)")
+            rows.append(row)
+    finally:
+        lab.stop(daemon)
+        lab.remove_netns(ns)
+    base = rows[0].get("rr_median_us") if rows else None
+    for row in rows:
+        row["rr_ratio"] = ratio(row.get("rr_median_us"), base)
+    return rows
+
+
+def measure_tsq(lab: Lab, sz: Sizes, ustack: str) -> list[dict[str, Any]]:
+    """The TSQ table: RR latency behind bulk downloads, TSQ on and off."""
+    tsz = Sizes(**{**asdict(sz), "rr_count": min(sz.rr_count, 2000),
+                   "rr_seconds": min(sz.rr_seconds, 4.0)})
+    ns = lab.netns("tsq")
+    control = lab.dir / "tsq.sock"
+    argv = [ustack, "up", "tap0", "--addr", f"{PEER}/{PREFIX}", "--host-addr",
+            f"{KERNEL}/{PREFIX}", "--serve", "echo:7", "--serve", "http:80",
+            "--impair", "tx:rate=100mbit", "--control", str(control)]
+    say(f"tsq: {' '.join(argv[1:])}")
+    log = lab.dir / "daemon-tsq.log"
+    daemon = lab.start(ns, argv, log)
+    rows = []
+    try:
+        wait_ready(daemon, log, "ustack up")
+        for label, value in (("TSQ on", "1"), ("TSQ off", "0")):
+            _check([ustack, "sysctl", "tap0", f"ustack.tcp_small_queues={value}",
+                    "--control", str(control)], "ustack sysctl")
+            p = lab.start(ns, [sys.executable, str(Path(__file__).resolve()), "_tsq",
+                               PEER, json.dumps(asdict(tsz))],
+                          lab.dir / "tsq.log", stdout=subprocess.PIPE)
+            try:
+                out, _ = p.communicate(timeout=tsz.rr_seconds + 6 * tsz.io_timeout + 30)
+            except subprocess.TimeoutExpired:
+                out = b""
+            finally:
+                lab.stop(p)
+            try:
+                rec = json.loads(out.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                rec = {"error": f"client exited {p.returncode} without a result"}
+            if "error" in rec:
+                say(f"tsq {label}: FAILED: {rec['error']}")
+            else:
+                say(f"tsq {label}: RR median {rec['rr_median_us']:.0f} us, p99 "
+                    f"{rec['rr_p99_us']:.0f} us, bulk {rec['bulk_MBps']:.1f} MB/s")
+            rows.append({"setting": label,
+                         **{k: v for k, v in rec.items() if k not in ("test", "error")}})
+    finally:
+        lab.stop(daemon)
+        lab.remove_netns(ns)
+    base = rows[0].get("rr_median_us") if rows else None
+    for row in rows:
+        row["rr_ratio"] = ratio(row.get("rr_median_us"), base)
+    return rows
+
+
+def tsq_table(rows: list[dict[str, Any]]) -> str:
+    """The TSQ table's text: RR latency behind three downloads, TSQ on and off."""
+    lines = [f"TCP Small Queues: RR latency behind {TSQ_FLOWS} downloads on a 100 Mbit/s wire",
+             f"{'setting':<10}{'RR median us':>14}{'RR p99 us':>12}{'bulk MB/s':>11}"
+             f"{'RR ratio':>10}"]
+
+    def num(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for row in rows:
+        lines.append(f"{row['setting']:<10}{num(row.get('rr_median_us'), '.0f'):>14}"
+                     f"{num(row.get('rr_p99_us'), '.0f'):>12}"
+                     f"{num(row.get('bulk_MBps'), '.1f'):>11}"
+                     f"{num(row.get('rr_ratio'), '.2f'):>10}")
+    return "\n".join(lines)
+
+
+def coalesce_table(rows: list[dict[str, Any]]) -> str:
+    """The coalescing table's text: one row per ``ethtool -C`` setting."""
+    heads = ["ustack ethtool -C", "RR median us", "RR p99 us", "RR frames/poll",
+             "bulk kernel->peer MB/s", "bulk frames/poll", "RR / rx-usecs 0"]
+    body = []
+    for r in rows:
+        cells = [r["setting"]]
+        for key, fmt in (("rr_median_us", "{:.1f}"), ("rr_p99_us", "{:.1f}"),
+                         ("rr_frames_per_poll", "{:.2f}"), ("bulk_MBps", "{:.1f}"),
+                         ("bulk_frames_per_poll", "{:.2f}"), ("rr_ratio", "{:.3f}")):
+            v = r.get(key)
+            cells.append("failed" if v is None else fmt.format(v))
+        body.append(cells)
+    widths = [max(len(c[i]) for c in [heads, *body]) for i in range(len(heads))]
+    return "\n".join("  ".join([c[0].ljust(widths[0]),
+                                *(x.rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))])
+                     for c in [heads, *body])
+
+
+def loss_table(rows: list[dict[str, Any]]) -> str:
+    """The loss table's text: one row per congestion control and drop rate."""
+    heads = ["goodput under loss, MB/s", "kernel veth", "ustack", "ustack / kernel"]
+    body = []
+    for r in rows:
+        cells = [f"{r['cc']} {r['loss']:.0%} loss each way"]
+        for key in ("kernel_veth", "ustack"):
+            v = r.get(key)
+            cells.append("failed" if v is None else f"{v:.2f}")
+        cells.append("-" if r["ratio"] is None else f"{r['ratio']:.3f}")
+        body.append(cells)
+    widths = [max(len(c[i]) for c in [heads, *body]) for i in range(len(heads))]
+    return "\n".join("  ".join([c[0].ljust(widths[0]),
+                                *(x.rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))])
+                     for c in [heads, *body])
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -684,6 +1078,13 @@ def bench(args: argparse.Namespace) -> int:
                 lab, sz, ustack, "on" if has_offload else None, "ustack_offload_on")
             details["ustack_offload_off"] = measure_ustack(
                 lab, sz, ustack, "off" if has_offload else None, "ustack_offload_off")
+            if shutil.which("iptables"):
+                loss_rows = measure_loss(lab, sz, ustack, has_offload)
+            else:
+                loss_rows = None
+                say("iptables is missing: the loss table is skipped")
+            coalesce_rows = measure_coalescing(lab, sz, ustack)
+            tsq_rows = measure_tsq(lab, sz, ustack)
         finally:
             # A second Ctrl-C must not cut the cleanup short.
             old = {s: signal.signal(s, signal.SIG_IGN)
@@ -694,7 +1095,17 @@ def bench(args: argparse.Namespace) -> int:
 
     results = {col: values_of(details[col]["records"]) for col, _ in COLUMNS}
     failed = [f"{col}.{key}" for col in results for key, v in results[col].items() if v is None]
+    for row in loss_rows or []:
+        failed += [f"loss.{row['cc']}.{row['loss']:.0%}.{key}"
+                   for key in ("kernel_veth", "ustack") if row.get(key) is None]
     print(table(results))
+    if loss_rows:
+        print(loss_table(loss_rows))
+    print(coalesce_table(coalesce_rows))
+    failed += [f"coalescing.{row['setting']}" for row in coalesce_rows
+               if row.get("rr_median_us") is None or row.get("bulk_MBps") is None]
+    print(tsq_table(tsq_rows))
+    failed += [f"tsq.{row['setting']}" for row in tsq_rows if row.get("rr_median_us") is None]
     notes = ["ratio = ustack / kernel: below 1 is slower for MB/s and /s, above 1 is slower "
              "for latency"]
     if not has_offload:
@@ -727,6 +1138,9 @@ def bench(args: argparse.Namespace) -> int:
                 for key, _, _ in MEASUREMENTS
             },
             "details": details,
+            "loss": loss_rows,
+            "coalescing": coalesce_rows,
+            "tsq": tsq_rows,
             "sizes": asdict(sz),
             "failed": failed,
             "seconds": elapsed,
@@ -743,8 +1157,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_client"] and len(argv) == 3:
         return client_main(argv[1], argv[2])
-    if argv == ["_serve"]:
-        return serve_main()
+    if argv[:1] == ["_goodput"] and len(argv) == 3:
+        return goodput_main(argv[1], argv[2])
+    if argv[:1] == ["_coalesce"] and len(argv) == 4 and argv[3] in ("rr", "bulk"):
+        return coalesce_main(argv[1], argv[2], argv[3])
+    if argv[:1] == ["_tsq"] and len(argv) == 3:
+        return tsq_main(argv[1], argv[2])
+    if argv[:1] == ["_serve"] and len(argv) <= 2:
+        return serve_main(argv[1] if len(argv) == 2 else None)
     parser = argparse.ArgumentParser(
         prog=PROG, description="Measure the kernel over veth and ustack (offload on and off) "
         "side by side: bulk throughput each way, 1-byte RR latency, connections/s. Needs root; "

@@ -37,6 +37,11 @@ async def open_stack(
     host_config: bool = True,
     offload: bool | None = None,
     impair: str = "",
+    cpus: int | None = None,
+    rps_cpus: int = 0,
+    rps_flow_cnt: int = 0,
+    vlans: list[tuple[int, ipaddress.IPv4Interface]] | None = None,
+    txqueuelen: int = 1000,
 ) -> AsyncIterator[Stack]:
     """Run a stack on TAP *tap* for the duration of the ``async with`` block.
 
@@ -46,7 +51,11 @@ async def open_stack(
     virtio-net header (checksums, TSO both ways), False keeps MTU frames
     with full checksums on the wire (software GSO/GRO still on), None (the
     default) is True when the kernel accepts it. *impair* is an impairment
-    spec (``ustack up --impair``) for the stack's wire.
+    spec (``ustack up --impair``) for the stack's wire. *cpus* is the number
+    of NAPI CPUs (default: one per queue); *rps_cpus* the CPU mask every RX
+    queue steers to with RPS and *rps_flow_cnt* its RFS table size;
+    *vlans* lists ``(VLAN id, address)`` sub-interfaces. *txqueuelen* bounds
+    the egress qdisc (``ip link set DEV txqueuelen N``).
     Raises OSError subclasses with one-line messages (TAP busy, not root).
     """
     rx_impair, tx_impair = parse_spec(impair)
@@ -68,7 +77,11 @@ async def open_stack(
         stack = Stack(link.queues, iface, name=tap, gateway=gw, mtu=mtu, mac=mac,
                       sysctl=sysctl, ring_size=ring_size, vnet_hdr_len=link.vnet_hdr_len,
                       hw_features=hw, features=enabled, set_offload=link.set_offload,
-                      set_queue_attached=link.set_queue_attached if queues > 1 else None)
+                      set_queue_attached=link.set_queue_attached if queues > 1 else None,
+                      cpus=cpus, vlans=vlans or [], txqueuelen=txqueuelen)
+        for q in range(queues):
+            stack.rps.set_rps_cpus(q, rps_cpus)
+            stack.rps.set_flow_cnt(q, rps_flow_cnt)
         stack.dev.set_impair(rx_impair, tx_impair)
         async with trio.open_nursery() as nursery:
             await nursery.start(stack.run)

@@ -149,8 +149,9 @@ class BlockingSocket:
         while len(view):
             view = view[self.send(view):]
 
-    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
-        return self._wait(self._sock.sendto, data, address)
+    def sendto(self, data: bytes, *args: Any) -> int:
+        """``sendto(data[, flags], address)``; flags may hold MSG_FASTOPEN for TCP."""
+        return self._wait(self._sock.sendto, data, *args)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         return self._wait(self._sock.recv, bufsize, flags)

@@ -11,6 +11,7 @@ layer writes its header in front of the payload (``push``, like
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from .checksum import csum_fold, csum_partial
 
@@ -26,7 +27,20 @@ MAX_HEADER = 160
 
 
 class Packet:
-    """A frame or packet and what the layers learned about it."""
+    """A frame or packet and what the layers learned about it.
+
+    ``destructor`` (None by default, then it costs nothing) is the kernel's
+    ``skb->destructor`` for transmitted packets, e.g. TCP Small Queues'
+    ``tcp_wfree``. The contract: the device calls it exactly once, with the
+    packet, through :func:`skb_orphan`, when the frame has left the device
+    (written to the link, or, on an impaired wire, when the impairment
+    releases it) or was dropped anywhere below the stack (qdisc drop, failed
+    link write, impairment loss or limit, GSO failure, qdisc replaced). A
+    super-segment cut by software GSO is done once, when its last segment
+    is. It runs inside the device's transmit path, so it must not transmit
+    itself: it should note the completion and defer new sends (the kernel's
+    TSQ tasklet).
+    """
 
     __slots__ = (
         "buf",
@@ -47,6 +61,7 @@ class Packet:
         "protocol",
         "pkt_type",
         "truesize",
+        "destructor",
     )
 
     def __init__(self, buf: bytes | bytearray, head: int = 0, tail: int | None = None) -> None:
@@ -69,6 +84,7 @@ class Packet:
         self.pkt_type = 0
         # Bytes charged for this buffer, as the kernel's skb->truesize.
         self.truesize = len(buf) + 256
+        self.destructor: Callable[[Packet], None] | None = None
 
     @classmethod
     def alloc(
@@ -107,6 +123,14 @@ class Packet:
         """The bytes from the MAC header (or head) to the tail."""
         start = self.mac_off if self.mac_off >= 0 else self.head
         return memoryview(self.buf)[start : self.tail]
+
+
+def skb_orphan(pkt: Packet) -> None:
+    """Run and clear the packet's destructor (``skb_orphan``); a second call does nothing."""
+    destructor = pkt.destructor
+    if destructor is not None:
+        pkt.destructor = None
+        destructor(pkt)
 
 
 def skb_checksum_help(pkt: Packet) -> None:

@@ -17,10 +17,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
+from .paths import default_control_path
 from .sysctl import Sysctl, SysctlError
 
 DEFAULT_TAP = "tap0"
-CONTROL_HELP = "control socket (default /run/ustack/TAP.sock)"
+CONTROL_HELP = "control socket (default $USTACK_RUN_DIR/TAP.sock, else /run/ustack/TAP.sock)"
 
 
 class UserError(Exception):
@@ -65,9 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gateway", help="default gateway of the stack")
     up.add_argument("--mtu", type=int, default=1500, help="MTU of both sides (default 1500)")
     up.add_argument("--queues", type=int, default=1, help="TAP queues (default 1)")
+    up.add_argument("--cpus", type=int,
+                    help="NAPI CPUs (softnet_data instances; default: one per queue); "
+                    "with more CPUs than queues, RPS spreads flows over them")
+    up.add_argument("--rps-cpus", metavar="MASK",
+                    help="hex CPU mask every RX queue steers to, like "
+                    "/sys/class/net/TAP/queues/rx-N/rps_cpus (default: all CPUs when "
+                    "--cpus exceeds --queues, else 0 = RPS off)")
+    up.add_argument("--rps-flow-cnt", type=int, default=0, metavar="N",
+                    help="RFS flow table entries per RX queue (rps_flow_cnt; needs "
+                    "net.core.rps_sock_flow_entries too; default 0)")
+    up.add_argument("--vlan", action="append", default=[], metavar="ID:ADDR/PREFIX",
+                    help="an 802.1Q sub-interface TAP.ID with this address, e.g. "
+                    "100:10.0.100.2/24 (repeatable)")
     up.add_argument(
         "--ring-size", type=int, default=256, help="RX and TX descriptors per queue (default 256)"
     )
+    up.add_argument("--txqueuelen", type=int, default=1000, metavar="N",
+                    help="egress queue length in frames (pfifo_fast's limit per band), like "
+                    "ip link set TAP txqueuelen N (default 1000)")
     up.add_argument("--mac", help="the stack's MAC address (default: random, locally administered)")
     up.add_argument(
         "--sysctl", action="append", default=[], metavar="NAME=VALUE",
@@ -125,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("tap", nargs="?", default=DEFAULT_TAP)
     _add_client_args(ss)
 
+    tm = sub.add_parser("tcp_metrics",
+                        help="the Fast Open cookie cache, like ip tcp_metrics show|flush")
+    tm.add_argument("args", nargs="*", metavar="[TAP] [show|flush] [ADDR]")
+    _add_client_args(tm)
+
     eth = sub.add_parser("ethtool", help="device features, counters and rings, like ethtool")
     eth.add_argument("tap", nargs="?", default=DEFAULT_TAP)
     mode = eth.add_mutually_exclusive_group()
@@ -140,7 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("-l", dest="channels", action="store_true", help="queue (channel) counts")
     mode.add_argument("-L", dest="set_channels", nargs=2, metavar=("combined", "N"),
                       help="use N queues (detaching the others from the TAP)")
+    mode.add_argument("-c", dest="show_coalesce", action="store_true",
+                      help="interrupt coalescing settings")
+    mode.add_argument("-C", dest="set_coalesce", nargs="+", metavar="PARAM VALUE",
+                      help="change coalescing: rx-usecs N, rx-frames N, adaptive-rx on|off")
     _add_client_args(eth)
+
+    rps = sub.add_parser(
+        "rps", help="RPS/RFS per RX queue: show, or set rps_cpus / rps_flow_cnt at run time",
+        description="Like /sys/class/net/TAP/queues/rx-N/rps_cpus and rps_flow_cnt: "
+        "ustack rps [TAP] [rx-N rps_cpus MASK] [rx-N rps_flow_cnt N] ...")
+    rps.add_argument("words", nargs="*", metavar="[TAP] [rx-N ATTR VALUE ...]")
+    _add_client_args(rps)
+
+    tc = sub.add_parser("tc", help="egress qdiscs and byte queue limits, like "
+                        "tc -s qdisc show dev TAP / tc qdisc replace dev TAP root KIND")
+    tc.add_argument("words", nargs="*", metavar="[TAP] [show | replace root pfifo_fast|fq_codel]")
+    _add_client_args(tc)
+
+    link = sub.add_parser("link", help="the device's link settings, like ip link show / "
+                          "ip link set TAP txqueuelen N")
+    link.add_argument("words", nargs="*", metavar="[TAP] [set txqueuelen N]")
+    _add_client_args(link)
 
     imp = sub.add_parser("impair", help="show or set the impairments of the stack's wire")
     imp.add_argument("tap", nargs="?", default=DEFAULT_TAP)
@@ -156,7 +199,62 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shut down the network write side on stdin EOF")
     nc.add_argument("-q", dest="quit_after", type=float, default=-1.0, metavar="SECS",
                     help="after stdin EOF, quit after SECS (default: wait for the peer)")
+    nc.add_argument("--fastopen", action="store_true",
+                    help="connect with TCP Fast Open (TCP_FASTOPEN_CONNECT): with a cached "
+                    "cookie the first data rides the SYN")
     nc.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
+
+    cap = sub.add_parser(
+        "capture", help="capture packets at points of the path into a pcap file",
+        description="Capture packets at points of a running stack's path into a classic "
+        "pcap file that tcpdump -r and scapy read. Points: rx (frames off the RX "
+        "ring, before GRO), gro (after GRO: super-segments), tx (frames to the link: TSO "
+        "super-frames) have Ethernet headers; ip_rcv and ip_output are raw IPv4. The "
+        "capture is bounded: packets that find the buffer (-B) full are dropped and counted.",
+    )
+    cap.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    cap.add_argument("-w", dest="write", required=True, metavar="FILE",
+                     help="pcap file to write ('-': standard output)")
+    cap.add_argument("-c", dest="count", type=int, metavar="N", help="stop after N packets")
+    cap.add_argument("--point", action="append", metavar="POINT",
+                     help="rx, gro, ip_rcv, ip_output, tx (repeatable or comma-separated; "
+                     "default rx,tx)")
+    cap.add_argument("--filter", default="", metavar="EXPR",
+                     help="a tcpdump-like expression (not BPF): ip arp tcp udp icmp, "
+                     "[src|dst] host ADDR | net CIDR | port N[-M], greater/less N, "
+                     "len OP N, and/or/not, parentheses; e.g. 'tcp port 80'")
+    cap.add_argument("-s", dest="snaplen", type=int, default=262144,
+                     help="bytes kept per packet (default 262144)")
+    cap.add_argument("-B", dest="buffer_kib", type=int, default=2048, metavar="KIB",
+                     help="capture buffer in the daemon, KiB (default 2048)")
+    cap.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
+
+    filt = sub.add_parser(
+        "filter", help="netfilter-style rules on the IPv4 path, like a tiny iptables",
+        description="ustack filter [TAP] add CHAIN [--proto P] [--src A] [--dst A] "
+        "[--sport N[:M]] [--dport N[:M]] [--drop|--accept] | list | del CHAIN N | "
+        "flush [CHAIN]. Chains: PREROUTING, INPUT, FORWARD (never sees packets: ustack does "
+        "not forward), OUTPUT, POSTROUTING. A rule without --drop/--accept only counts.",
+    )
+    filt.add_argument("words", nargs="*", metavar="[TAP] ACTION [CHAIN] [N]")
+    filt.add_argument("-p", "--proto", help="tcp, udp, icmp or a protocol number")
+    filt.add_argument("-s", "--src", help="source address or CIDR")
+    filt.add_argument("-d", "--dst", help="destination address or CIDR")
+    filt.add_argument("--sport", help="source port or range N:M (tcp, udp)")
+    filt.add_argument("--dport", help="destination port or range N:M (tcp, udp)")
+    target = filt.add_mutually_exclusive_group()
+    target.add_argument("--drop", dest="target", action="store_const", const="DROP")
+    target.add_argument("--accept", dest="target", action="store_const", const="ACCEPT")
+    _add_client_args(filt)
+
+    top = sub.add_parser("top", help="live view of rings, NAPI, GRO, TCP and the busiest "
+                         "sockets (q or Ctrl-C quits)")
+    top.add_argument("tap", nargs="?", default=DEFAULT_TAP)
+    top.add_argument("-n", dest="iterations", type=int, default=0,
+                     help="stop after N refreshes (default: run until q or Ctrl-C)")
+    top.add_argument("-d", dest="delay", type=float, default=1.0, metavar="SECS",
+                     help="seconds between refreshes (default 1)")
+    top.add_argument("--control", metavar="PATH", help=CONTROL_HELP)
     return parser
 
 
@@ -178,7 +276,7 @@ def _interface(text: str, what: str) -> ipaddress.IPv4Interface:
 
 
 def _up_config(args: argparse.Namespace) -> Any:
-    from .daemon import UpConfig, default_control_path
+    from .daemon import UpConfig
     from .net.ethernet import parse_mac
     from .nic.impair import parse_spec as parse_impair
     from .services import parse_spec
@@ -209,11 +307,14 @@ def _up_config(args: argparse.Namespace) -> Any:
         raise UserError(f"bad queue count {args.queues}: must be 1..256")
     if not 1 <= args.ring_size <= 65536:
         raise UserError(f"bad ring size {args.ring_size}: must be 1..65536")
+    if not 1 <= args.txqueuelen <= 2**31 - 1:
+        raise UserError(f"bad txqueuelen {args.txqueuelen}: must be 1..{2**31 - 1}")
     if len(args.tap.encode()) > 15 or not args.tap or "/" in args.tap:
         raise UserError(f"bad interface name {args.tap!r}")
     sysctl = Sysctl()
     for item in args.sysctl:
         sysctl.assign(item)
+    cpus, rps_cpus, vlans = _steering_config(args, addr)
     try:
         services = [parse_spec(spec) for spec in args.serve]
     except ValueError as err:
@@ -231,8 +332,42 @@ def _up_config(args: argparse.Namespace) -> Any:
         control=args.control or default_control_path(args.tap),
         host_config=not args.no_host_config, mac=mac, sysctl=sysctl, services=services,
         offload=None if args.offload is None else args.offload == "on",
-        impair=args.impair,
+        impair=args.impair, cpus=cpus, rps_cpus=rps_cpus, rps_flow_cnt=args.rps_flow_cnt,
+        vlans=vlans, txqueuelen=args.txqueuelen,
     )
+
+
+def _steering_config(args: argparse.Namespace, addr: ipaddress.IPv4Interface
+                     ) -> tuple[int, int, list[tuple[int, ipaddress.IPv4Interface]]]:
+    """--cpus, --rps-cpus and --vlan, validated: (cpus, rps mask, [(vid, iface)])."""
+    from .net.vlan import parse_vlan
+    from .nic.rps import parse_cpumask
+
+    cpus = args.queues if args.cpus is None else args.cpus
+    if not 1 <= cpus <= 64:
+        raise UserError(f"bad CPU count {cpus}: must be 1..64")
+    if args.rps_cpus is None:
+        rps_cpus = (1 << cpus) - 1 if cpus > args.queues else 0
+    else:
+        try:
+            rps_cpus = parse_cpumask(args.rps_cpus, cpus)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    if not 0 <= args.rps_flow_cnt <= 1 << 20:
+        raise UserError(f"bad --rps-flow-cnt {args.rps_flow_cnt}: must be 0..{1 << 20}")
+    vlans: list[tuple[int, ipaddress.IPv4Interface]] = []
+    for text in args.vlan:
+        try:
+            vid, iface = parse_vlan(text)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        for other_vid, other in [(0, addr), *vlans]:
+            if other_vid == vid:
+                raise UserError(f"VLAN {vid} given twice")
+            if other.network.overlaps(iface.network):
+                raise UserError(f"VLAN {vid}: {iface.network} overlaps {other.network}")
+        vlans.append((vid, iface))
+    return cpus, rps_cpus, vlans
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -258,7 +393,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _control_path(args: argparse.Namespace, tap: str) -> str:
-    return args.control or f"/run/ustack/{tap}.sock"
+    return args.control or default_control_path(tap)
 
 
 def _connect_control(path: str) -> socket.socket:
@@ -306,6 +441,7 @@ def _stat_diff(before: dict[str, Any], after: dict[str, Any],
                seconds: float) -> dict[str, Any]:
     """Counter growth over an interval and its rate, like nstat's delta output."""
     out: dict[str, Any] = {"link": after["link"], "seconds": seconds}
+    before, after = _flat_rows(before), _flat_rows(after)
     for group, counters in after.items():
         if not isinstance(counters, dict) or group == "link":
             continue
@@ -317,6 +453,25 @@ def _stat_diff(before: dict[str, Any], after: dict[str, Any],
                              "rate": round((value - prev.get(name, 0)) / seconds, 1)}
                       for name, value in counters.items()}
     return out
+
+
+# Groups with one row of counters per CPU, like /proc/net/softnet_stat.
+_ROWS = {"softnet_stat_cpu"}
+
+
+def _flat_rows(snap: dict[str, Any]) -> dict[str, Any]:
+    """Per-CPU rows as flat ``cpuN.NAME`` counters, so --diff treats them like the rest."""
+    return {group: ({f"{row}.{name}": v for row, values in counters.items()
+                     for name, v in values.items()} if group in _ROWS else counters)
+            for group, counters in snap.items()}
+
+
+def _print_rows(group: str, rows: dict[str, dict[str, int]]) -> None:
+    names = list(next(iter(rows.values())))
+    print(f"\n{group}:")
+    print("    " + f"{'cpu':<6}" + "".join(f"{n:>17}" for n in names))
+    for row, values in rows.items():
+        print("    " + f"{row:<6}" + "".join(f"{values[n]:>17}" for n in names))
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
@@ -352,9 +507,13 @@ def cmd_stat(args: argparse.Namespace) -> int:
     link = snap.pop("link")
     print(
         f"{link['name']}: {link['addr']} mac {link['mac']} mtu {link['mtu']} "
-        f"queues {link['queues']}"
+        f"queues {link['queues']}" + (f" cpus {link['cpus']}" if "cpus" in link else "")
+        + "".join(f" {name} {addr}" for name, addr in link.get("vlans", {}).items())
     )
     for group, counters in snap.items():
+        if group in _ROWS:
+            _print_rows(group, counters)
+            continue
         shown = {k: v for k, v in counters.items() if v or args.zeros}
         if not shown:
             continue
@@ -429,7 +588,7 @@ def cmd_neigh(args: argparse.Namespace) -> int:
         return 0
     for e in entries:
         lladdr = f" lladdr {e['mac']}" if e.get("mac") else ""
-        print(f"{e['ip']} dev {args.tap}{lladdr} {e['state']}")
+        print(f"{e['ip']} dev {e.get('dev', args.tap)}{lladdr} {e['state']}")
     return 0
 
 
@@ -455,8 +614,9 @@ def cmd_ss(args: argparse.Namespace) -> int:
         info = r.get("info")
         if r["netid"] == "tcp" and info:
             print(
-                f"\t skmem:(r{info['recv_q']},rb{info['rcvbuf']},t{info['send_q']},"
-                f"tb{info['sndbuf']}) {info['ca']} wscale:{info['snd_wscale']},"
+                f"\t skmem:(r{info.get('rmem_alloc', 0)},rb{info['rcvbuf']},"
+                f"t{info.get('wmem_alloc', 0)},tb{info['sndbuf']},"
+                f"w{info.get('wmem_queued', 0)}) {info['ca']} wscale:{info['snd_wscale']},"
                 f"{info['rcv_wscale']} rto:{info['rto']:g} rtt:{info['rtt']:g}/"
                 f"{info['rttvar']:g} ato:{info['ato']:g} mss:{info['snd_mss']} "
                 f"rcvmss:{info['rcv_mss']} advmss:{info['advmss']} cwnd:{info['snd_cwnd']} "
@@ -464,11 +624,56 @@ def cmd_ss(args: argparse.Namespace) -> int:
                 f"bytes_received:{info['bytes_received']} segs_out:{info['segs_out']} "
                 f"segs_in:{info['segs_in']} unacked:{info['unacked']} "
                 f"retrans:{info['retransmits']}/{info['retrans']} snd_wnd:{info['snd_wnd']} "
-                f"rcv_wnd:{info['rcv_wnd']}" + (" orphan" if r.get("orphan") else "")
+                f"rcv_wnd:{info['rcv_wnd']} rcv_rtt:{info.get('rcv_rtt', 0):g} "
+                f"rcv_space:{info.get('rcv_space', 0)} notsent:{info.get('notsent', 0)}"
+                + (" orphan" if r.get("orphan") else "")
+                + (" TSQ_THROTTLED" if info.get("tsq_throttled") else "")
+                + (" fastopen" if info.get("syn_data_acked") else "")
             )
         elif r["state"] == "LISTEN":
-            print(f"\t syn_queue:{r['syn_queue']}")
+            fastopen = (f" fastopen:{r['fastopen_qlen']}/{r['fastopen_max_qlen']}"
+                        if r.get("fastopen_max_qlen") else "")
+            print(f"\t syn_queue:{r['syn_queue']}{fastopen}")
     return 0
+
+
+def cmd_tcp_metrics(args: argparse.Namespace) -> int:
+    """``ip tcp_metrics``-style view of the client's Fast Open cookie cache."""
+    words = list(args.args)
+    tap = DEFAULT_TAP
+    if words and words[0] not in ("show", "flush") and not _is_ipv4(words[0]):
+        tap = words.pop(0)
+    action = words.pop(0) if words and words[0] in ("show", "flush") else "show"
+    addr = words.pop(0) if words else None
+    if words or (addr is not None and not _is_ipv4(addr)):
+        raise UserError("usage: ustack tcp_metrics [TAP] [show|flush] [ADDR]")
+    req: dict[str, Any] = {"cmd": "tcp_metrics", "action": action}
+    if addr:
+        req["addr"] = addr
+    result = _final(_control_path(args, tap), req)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif action == "show":
+        for r in result:
+            parts = [r["dst"], f"age {r['age']:.3f}sec"]
+            if "fo_mss" in r:
+                parts.append(f"fo_mss {r['fo_mss']}")
+            if "fo_cookie" in r:
+                parts.append(f"fo_cookie {r['fo_cookie']}" + (" (exp)" if r.get("fo_exp")
+                                                              else ""))
+            if "fo_syn_drops" in r:
+                parts.append(f"fo_syn_drops {r['fo_syn_drops']}/"
+                             f"{r['fo_syn_drops_ago']:.3f}sec ago")
+            print(" ".join(parts))
+    return 0
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _nc_target(args: argparse.Namespace) -> tuple[str, str, int]:
@@ -504,8 +709,10 @@ def cmd_nc(args: argparse.Namespace) -> int:
     tap, host, port = _nc_target(args)
     path = _control_path(args, tap)
     sock = _connect_control(path)
+    if args.fastopen and (args.listen or args.udp):
+        raise UserError("ustack nc: --fastopen is for TCP connects, not -l or -u")
     req = {"cmd": "nc", "host": host, "port": port, "listen": args.listen, "udp": args.udp,
-           "half_close": args.half_close}
+           "half_close": args.half_close, "fastopen": args.fastopen}
     sock.sendall(json.dumps(req).encode() + b"\n")
     buf = b""
     while True:  # status lines until "connected"; the rest is the peer's data
@@ -533,14 +740,23 @@ def cmd_nc(args: argparse.Namespace) -> int:
         if not ready and deadline is not None:
             return 0
         if sock in ready:
-            data = sock.recv(65536)
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                # The session ended (the peer closed) while stdin frames were still
+                # unread in the daemon: everything the peer sent came before this.
+                return 0
             if not data:
                 return 0
             out.write(data)
             out.flush()
         if stdin_fd is not None and stdin_fd in ready:
             data = os.read(stdin_fd, 65536)
-            sock.sendall(struct.pack("!I", len(data)) + data)
+            try:
+                sock.sendall(struct.pack("!I", len(data)) + data)
+            except (BrokenPipeError, ConnectionResetError):
+                stdin_fd = None  # the session is over; read what is left of it
+                continue
             if not data:
                 stdin_fd = None
                 if args.quit_after >= 0:
@@ -582,12 +798,15 @@ def cmd_ethtool(args: argparse.Namespace) -> int:
         if word != "combined" or not count.isdigit():
             raise UserError("ethtool -L takes: combined N")
         req["combined"] = int(count)
+    if args.set_coalesce:
+        req["coalesce"] = _coalesce_changes(args.set_coalesce)
     result = _final(_control_path(args, args.tap), req)
-    if args.set_features or args.set_rss or args.set_channels:
+    if args.set_features or args.set_rss or args.set_channels or args.set_coalesce:
         return 0
     if args.json:
         key = ("stats" if args.stats else "rings" if args.rings else "rss" if args.show_rss
-               else "channels" if args.channels else "features")
+               else "channels" if args.channels else "coalesce" if args.show_coalesce
+               else "features")
         print(json.dumps(result[key], indent=2))
     elif args.show_rss:
         reta = result["rss"]["reta"]
@@ -596,6 +815,15 @@ def cmd_ethtool(args: argparse.Namespace) -> int:
         for i in range(0, len(reta), 8):
             print(f"{i:5}: " + "".join(f"{q:6}" for q in reta[i : i + 8]))
         print(f"RSS hash key:\n{result['rss']['key']}")
+    elif args.show_coalesce:
+        c = result["coalesce"]
+        print(f"Coalesce parameters for {args.tap}:\n"
+              f"Adaptive RX: {'on' if c['adaptive-rx'] else 'off'}  TX: n/a\n\n"
+              f"rx-usecs: {c['rx-usecs']}\nrx-frames: {c['rx-frames']}")
+        if c["adaptive-rx"]:
+            for i, q in enumerate(c["queues"]):
+                print(f"rx-queue-{i} (adaptive): rx-usecs {q['rx-usecs']} "
+                      f"rx-frames {q['rx-frames']}")
     elif args.channels:
         print(f"Channel parameters for {args.tap}:\nPre-set maximums:\n"
               f"Combined:\t{result['channels']['max_combined']}\nCurrent hardware settings:\n"
@@ -615,6 +843,126 @@ def cmd_ethtool(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coalesce_changes(words: list[str]) -> dict[str, Any]:
+    """``-C rx-usecs N rx-frames N adaptive-rx on|off`` as a request."""
+    if len(words) % 2:
+        raise UserError("ethtool -C takes PARAM VALUE pairs: rx-usecs N, rx-frames N, "
+                        "adaptive-rx on|off")
+    changes: dict[str, Any] = {}
+    for name, value in zip(words[::2], words[1::2], strict=True):
+        if name == "adaptive-rx":
+            if value not in ("on", "off"):
+                raise UserError(f"ethtool -C adaptive-rx: expected on or off, got {value!r}")
+            changes[name] = value == "on"
+        elif name in ("rx-usecs", "rx-frames"):
+            if not value.isdigit():
+                raise UserError(f"ethtool -C {name}: expected a number, got {value!r}")
+            changes[name] = int(value)
+        else:
+            raise UserError(f"ethtool -C: unknown parameter {name!r} "
+                            "(rx-usecs, rx-frames, adaptive-rx)")
+    return changes
+
+
+def cmd_rps(args: argparse.Namespace) -> int:
+    words = list(args.words)
+    tap = words.pop(0) if len(words) % 3 == 1 else DEFAULT_TAP
+    if len(words) % 3:
+        raise UserError("usage: ustack rps [TAP] [rx-N rps_cpus MASK | rx-N rps_flow_cnt N] ...")
+    changes = []
+    for queue, name, value in zip(words[::3], words[1::3], words[2::3], strict=True):
+        if not (queue.startswith("rx-") and queue[3:].isdigit()):
+            raise UserError(f"ustack rps: expected rx-N, got {queue!r}")
+        changes.append([int(queue[3:]), name, value])
+    req: dict[str, Any] = {"cmd": "rps"}
+    if changes:
+        req["set"] = changes
+    result = _final(_control_path(args, tap), req)
+    if changes:
+        return 0
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{tap}: {result['cpus']} CPU(s), net.core.rps_sock_flow_entries = "
+          f"{result['rps_sock_flow_entries']}")
+    for q in result["queues"]:
+        print(f"rx-{q['rx_queue']}: rps_cpus {q['rps_cpus']} rps_flow_cnt {q['rps_flow_cnt']}")
+    return 0
+
+
+_TC_USAGE = "usage: ustack tc [TAP] [show | replace root pfifo_fast|fq_codel]"
+
+
+def _tap_words(words: list[str], verbs: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Split ``[TAP] VERB ...`` into the TAP (default tap0) and the rest."""
+    words = list(words)
+    tap = words.pop(0) if words and words[0] not in verbs else DEFAULT_TAP
+    return tap, words
+
+
+def cmd_tc(args: argparse.Namespace) -> int:
+    """``tc -s qdisc show dev TAP`` and ``tc qdisc replace dev TAP root KIND``."""
+    from .nic.qdisc import KINDS
+
+    tap, words = _tap_words(args.words, ("show", "replace"))
+    req: dict[str, Any] = {"cmd": "tc"}
+    if words and words[0] == "replace":
+        if len(words) != 3 or words[1] != "root" or words[2] not in KINDS:
+            raise UserError(_TC_USAGE)
+        req["kind"] = words[2]
+    elif words not in ([], ["show"]):
+        raise UserError(_TC_USAGE)
+    result = _final(_control_path(args, tap), req)
+    if "kind" in req:
+        return 0
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for row in result["queues"]:
+        qd, bql = row["qdisc"], row["bql"]
+        if qd["kind"] == "pfifo_fast":
+            opts = f"bands {qd['bands']} priomap {' '.join(map(str, qd['priomap']))}"
+        else:
+            opts = (f"limit {qd['limit']}p flows {qd['flows']} quantum {qd['quantum']} "
+                    f"target {qd['target_us'] / 1000:g}ms interval {qd['interval_us'] / 1000:g}ms")
+        print(f"qdisc {qd['kind']} 0: dev {result['dev']} parent :{row['queue'] + 1} {opts}")
+        print(f" Sent {qd['sent_bytes']} bytes {qd['sent_packets']} pkt (dropped "
+              f"{qd['dropped']}, overlimits {qd['overlimits']} requeues {qd['requeues']})")
+        print(f" backlog {qd['backlog_bytes']}b {qd['backlog_packets']}p "
+              f"requeues {qd['requeues']}")
+        if qd["kind"] == "fq_codel":
+            print(f"  maxpacket {qd['maxpacket']} drop_overlimit {qd['drop_overlimit']} "
+                  f"new_flow_count {qd['new_flow_count']} ecn_mark {qd['ecn_mark']}")
+            print(f"  new_flows_len {qd['new_flows_len']} old_flows_len {qd['old_flows_len']}")
+        print(f" tx-{row['queue']} byte_queue_limits: limit {bql['limit']} limit_min "
+              f"{bql['limit_min']} limit_max {bql['limit_max']} inflight {bql['inflight']} "
+              f"hold_time {bql['hold_time']}ms{' (queue stopped)' if row['stopped'] else ''}")
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    """``ip link show TAP`` (the egress part) and ``ip link set TAP txqueuelen N``."""
+    tap, words = _tap_words(args.words, ("show", "set"))
+    req: dict[str, Any] = {"cmd": "tc"}
+    if words and words[0] == "set":
+        if len(words) != 3 or words[1] != "txqueuelen" or not words[2].isdigit():
+            raise UserError("usage: ustack link [TAP] [show | set txqueuelen N]")
+        req["txqueuelen"] = int(words[2])
+    elif words not in ([], ["show"]):
+        raise UserError("usage: ustack link [TAP] [show | set txqueuelen N]")
+    result = _final(_control_path(args, tap), req)
+    if "txqueuelen" in req:
+        return 0
+    info = {"dev": result["dev"], "mtu": result["mtu"], "txqueuelen": result["txqueuelen"],
+            "qdisc": result["queues"][0]["qdisc"]["kind"], "queues": len(result["queues"])}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{info['dev']}: mtu {info['mtu']} qdisc {info['qdisc']} qlen "
+              f"{info['txqueuelen']} queues {info['queues']}")
+    return 0
+
+
 def cmd_impair(args: argparse.Namespace) -> int:
     req: dict[str, Any] = {"cmd": "impair"}
     if args.spec is None and (":" in args.tap or "=" in args.tap):
@@ -631,6 +979,42 @@ def cmd_impair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _observe(name: str, args: argparse.Namespace) -> int:
+    from . import cli_observe
+
+    return getattr(cli_observe, name)(args)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """``ustack top``: snapshots from the control socket, rendered by ustack/top.py."""
+    from .top import run_top
+
+    if args.iterations < 0 or not 0.1 <= args.delay <= 3600:
+        raise UserError("top takes -n N >= 0 and -d SECS in 0.1..3600")
+    path = _control_path(args, args.tap)
+    first = True
+
+    def fetch() -> Any:
+        nonlocal first
+        try:
+            snap = _final(path, {"cmd": "top"})
+            if snap is None:  # the daemon closed the connection without an answer
+                raise UserError("no answer")
+            return snap
+        except (UserError, OSError, ValueError) as err:
+            if first and isinstance(err, UserError):
+                raise
+            raise UserError(f"lost the stack's control socket at {path}") from err
+        finally:
+            first = False
+
+    try:
+        run_top(fetch, args.tap, args.iterations, args.delay)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how top is left, like q
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up,
     "stat": cmd_stat,
@@ -642,6 +1026,13 @@ COMMANDS = {
     "nc": cmd_nc,
     "ethtool": cmd_ethtool,
     "impair": cmd_impair,
+    "tc": cmd_tc,
+    "link": cmd_link,
+    "rps": cmd_rps,
+    "capture": lambda args: _observe("cmd_capture", args),
+    "filter": lambda args: _observe("cmd_filter", args),
+    "top": cmd_top,
+    "tcp_metrics": cmd_tcp_metrics,
 }
 
 

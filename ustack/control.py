@@ -8,6 +8,7 @@ one line that holds either ``{"result": ...}`` or ``{"error": MESSAGE}``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -17,9 +18,13 @@ from typing import Any
 import trio
 
 from .net.ipv4 import ip_str
+from .nic.coalesce import CoalesceError
 from .nic.features import FeatureError
 from .nic.impair import ImpairError, format_spec, parse_spec
+from .nic.qdisc import KINDS as QDISC_KINDS
+from .nic.rps import parse_cpumask
 from .nic.rss import RssError
+from .observe import filter_command, serve_capture, top_snapshot
 from .services.nc import nc_tcp, nc_udp
 from .stack import Stack
 from .sysctl import SysctlError, format_value
@@ -49,6 +54,11 @@ class ControlServer:
             "ss": self._ss,
             "ethtool": self._ethtool,
             "impair": self._impair,
+            "rps": self._rps,
+            "filter": self._filter,
+            "top": self._top,
+            "tcp_metrics": self._tcp_metrics,
+            "tc": self._tc,
         }
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -80,6 +90,9 @@ class ControlServer:
                 request, leftover = await self._read_request(stream)
                 if request.get("cmd") == "nc":
                     await self._nc(request, send, stream, leftover)
+                    return
+                if request.get("cmd") == "capture":
+                    await serve_capture(self.stack, request, send, stream)
                     return
                 handler = self.handlers.get(request.get("cmd", ""))
                 if handler is None:
@@ -172,6 +185,14 @@ class ControlServer:
                     dev.rss.set_key(bytes.fromhex(str(rss["hkey"]).replace(":", "")))
             except (RssError, ValueError, TypeError) as err:
                 raise ControlError(str(err)) from None
+        coalesce = request.get("coalesce")
+        if coalesce is not None:
+            if not isinstance(coalesce, dict):
+                raise ControlError("malformed coalescing changes")
+            try:
+                dev.coalesce.set(coalesce)
+            except CoalesceError as err:
+                raise ControlError(str(err)) from None
         combined = request.get("combined")
         if combined is not None:
             try:
@@ -192,7 +213,29 @@ class ControlServer:
             "rings": dev.rings(),
             "rss": {"key": dev.rss.key.hex(":"), "reta": dev.rss.reta},
             "channels": {"combined": dev.active_queues, "max_combined": dev.num_queues},
+            "coalesce": dev.coalesce.show(),
         }
+
+    async def _rps(self, request: dict[str, Any], send: Send) -> Any:
+        """Show or set each RX queue's rps_cpus / rps_flow_cnt (their sysfs files)."""
+        rps = self.stack.rps
+        changes = request.get("set") or []
+        if not isinstance(changes, list):
+            raise ControlError("malformed rps changes")
+        for change in changes:
+            try:
+                q, name, value = int(change[0]), str(change[1]), str(change[2])
+                if name == "rps_cpus":
+                    rps.set_rps_cpus(q, parse_cpumask(value, len(rps.cpus)))
+                elif name == "rps_flow_cnt":
+                    rps.set_flow_cnt(q, int(value))
+                else:
+                    raise ControlError(f"unknown queue attribute {name!r} "
+                                       "(rps_cpus, rps_flow_cnt)")
+            except (ValueError, TypeError, IndexError) as err:
+                raise ControlError(str(err)) from None
+        return {"cpus": len(rps.cpus), "queues": rps.queue_config(),
+                "rps_sock_flow_entries": self.stack.sysctl["net.core.rps_sock_flow_entries"]}
 
     async def _impair(self, request: dict[str, Any], send: Send) -> Any:
         """Show or replace the wire's impairments (``ustack impair``)."""
@@ -208,6 +251,45 @@ class ControlServer:
             "spec": format_spec(*self.stack.dev.impair_spec),
             "counters": {k: v for k, v in stats.items() if "impair" in k},
         }
+
+    async def _tc(self, request: dict[str, Any], send: Send) -> Any:
+        """``tc -s qdisc show|replace root KIND`` and ``ip link set txqueuelen N``."""
+        dev = self.stack.dev
+        kind = request.get("kind")
+        if kind is not None:
+            if kind not in QDISC_KINDS:
+                raise ControlError(f"unknown qdisc {kind!r} (use {' or '.join(QDISC_KINDS)})")
+            dev.set_qdisc(kind)
+        txqueuelen = request.get("txqueuelen")
+        if txqueuelen is not None:
+            if isinstance(txqueuelen, bool) or not isinstance(txqueuelen, int):
+                raise ControlError(f"bad txqueuelen {txqueuelen!r}: not an integer")
+            dev.set_txqueuelen(txqueuelen)
+        return {"dev": dev.name, "mtu": dev.mtu, "txqueuelen": dev.txqueuelen,
+                "queues": dev.tc_show()}
+
+    async def _tcp_metrics(self, request: dict[str, Any], send: Send) -> Any:
+        """``ip tcp_metrics show|flush [ADDR]``: the Fast Open cookie cache."""
+        metrics = self.stack.tcp.metrics
+        addr = request.get("addr")
+        daddr = None
+        if addr:
+            try:
+                daddr = ipaddress.IPv4Address(str(addr)).packed
+            except ValueError:
+                raise ControlError(f"bad address {addr!r}") from None
+        if request.get("action") == "flush":
+            return {"flushed": metrics.flush(daddr)}
+        rows = metrics.show(self.stack.now())
+        if addr:
+            rows = [r for r in rows if r["dst"] == str(addr)]
+        return rows
+
+    async def _filter(self, request: dict[str, Any], send: Send) -> Any:
+        return filter_command(self.stack, request)
+
+    async def _top(self, request: dict[str, Any], send: Send) -> Any:
+        return top_snapshot(self.stack, sockets_table(self.stack))
 
     async def _ss(self, request: dict[str, Any], send: Send) -> Any:
         return sockets_table(self.stack)
@@ -230,7 +312,8 @@ class ControlServer:
                          leftover)
         else:
             await nc_tcp(self.stack, bool(request.get("listen")), host, port,
-                         bool(request.get("half_close")), send, stream, leftover)
+                         bool(request.get("half_close")), send, stream, leftover,
+                         fastopen=bool(request.get("fastopen")))
 
 
 def sockets_table(stack: Stack) -> list[dict[str, Any]]:
@@ -242,6 +325,8 @@ def sockets_table(stack: Stack) -> list[dict[str, Any]]:
             "netid": "tcp", "state": "LISTEN", "recv_q": listener.accept_queue_len,
             "send_q": listener.backlog, "local": _addr(listener.local_ip, listener.port),
             "peer": "0.0.0.0:*", "syn_queue": listener.syn_queue_len,
+            "fastopen_qlen": listener.fastopen_qlen,
+            "fastopen_max_qlen": listener.fastopen_max_qlen,
         })
     for conn in tcp.connections():
         info = conn.info()

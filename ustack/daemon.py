@@ -41,10 +41,11 @@ class UpConfig:
     impair: str = ""
     mac: bytes | None = None
     sysctl: Sysctl = field(default_factory=Sysctl)
-
-
-def default_control_path(tap: str) -> str:
-    return f"/run/ustack/{tap}.sock"
+    cpus: int = 1
+    rps_cpus: int = 0
+    rps_flow_cnt: int = 0
+    vlans: list[tuple[int, ipaddress.IPv4Interface]] = field(default_factory=list)
+    txqueuelen: int = 1000
 
 
 async def run_daemon(cfg: UpConfig) -> None:
@@ -53,7 +54,8 @@ async def run_daemon(cfg: UpConfig) -> None:
         cfg.tap, str(cfg.addr), str(cfg.host_addr) if cfg.host_addr else None,
         gateway=str(cfg.gateway) if cfg.gateway else None, mtu=cfg.mtu, queues=cfg.queues,
         ring_size=cfg.ring_size, mac=cfg.mac, sysctl=cfg.sysctl, host_config=cfg.host_config,
-        offload=cfg.offload, impair=cfg.impair,
+        offload=cfg.offload, impair=cfg.impair, cpus=cfg.cpus, rps_cpus=cfg.rps_cpus,
+        rps_flow_cnt=cfg.rps_flow_cnt, vlans=cfg.vlans, txqueuelen=cfg.txqueuelen,
     ) as stack:
         control = ControlServer(stack, cfg.control)
         async with trio.open_nursery() as nursery:
@@ -72,6 +74,8 @@ async def run_daemon(cfg: UpConfig) -> None:
                 print(
                     f"ustack: {cfg.tap} ready: stack {cfg.addr} mac {mac_str(stack.mac)}, "
                     f"kernel side {kernel}, mtu {cfg.mtu}, queues {cfg.queues}, "
+                    f"cpus {cfg.cpus}, "
+                    + "".join(f"vlan {vid} {iface}, " for vid, iface in cfg.vlans) +
                     f"offload {'on' if stack.dev.tx_csum else 'off'}, "
                     f"control {cfg.control}"
                     + "".join(f", {s.name} on {s.port}" for s in cfg.services),

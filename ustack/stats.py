@@ -91,6 +91,10 @@ ARP_CACHE_NAMES = (
     "rcv_probes_ucast", "periodic_gc_runs", "forced_gc_runs", "unresolved_discards",
     "table_fulls",
 )
+# TCP Small Queues: how often a socket was throttled (TSQ_THROTTLED set) and
+# resumed by a TX completion (tcp_tsq_handler). The kernel counts neither; this
+# group is ustack's own.
+TSQ_NAMES = ("throttled", "resumed")
 # /proc/net/softnet_stat columns that have a meaning here.
 SOFTNET_NAMES = ("processed", "dropped", "time_squeeze", "received_rps", "flow_limit_count")
 
@@ -106,6 +110,7 @@ class Stats:
         self.udp = Mib(UDP_NAMES)
         self.tcpext = Mib(TCPEXT_NAMES)
         self.arp_cache = Mib(ARP_CACHE_NAMES)
+        self.tsq = Mib(TSQ_NAMES)
         # Drops that the kernel reports through dropwatch reasons rather than a
         # MIB (enum skb_drop_reason); a named counter per reason.
         self.drop_reasons: dict[str, int] = {}
@@ -124,5 +129,6 @@ class Stats:
             "TcpExt": dict(self.tcpext),
             "Udp": dict(self.udp),
             "arp_cache": dict(self.arp_cache),
+            "tsq": dict(self.tsq),
             "drop_reasons": dict(sorted(self.drop_reasons.items())),
         }

@@ -8,6 +8,7 @@ one-line message, and the old value stays. Vector knobs (``tcp_rmem``,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -51,6 +52,11 @@ _KNOBS = [
     _k("net.core.netdev_budget_usecs", 8000, 1, doc="time one net_rx_action round may take"),
     _k("net.core.dev_weight", 64, 1, doc="frames one NAPI poll may process"),
     _k("net.core.netdev_max_backlog", 1000, 1, doc="per-CPU backlog queue length"),
+    Knob("net.core.default_qdisc", "pfifo_fast", choices=("pfifo_fast", "fq_codel"),
+         doc="root qdisc of each TX queue when the device is created"),
+    _k("net.core.rps_sock_flow_entries", 0, 0, 1 << 20,
+       doc="RFS: entries of the table of flows' reading CPUs (0: RFS off)"),
+    _k("net.core.busy_read", 0, 0, doc="default SO_BUSY_POLL: us a blocking read busy-polls"),
     _k("net.core.somaxconn", 4096, 0, doc="upper bound of a listen backlog"),
     _k("net.core.rmem_default", 212992, 256),
     _k("net.core.rmem_max", 212992, 256),
@@ -83,7 +89,21 @@ _KNOBS = [
     _k("net.ipv4.tcp_rmem", (4096, 131072, 6291456), 1),
     _k("net.ipv4.tcp_wmem", (4096, 16384, 4194304), 1),
     _k("net.ipv4.tcp_window_scaling", 1, 0, 1),
+    _k("net.ipv4.tcp_adv_win_scale", 1, -31, 31,
+       doc="window = space - space >> N (N > 0) or space >> -N: buffer left for overhead"),
+    _k("net.ipv4.tcp_moderate_rcvbuf", 1, 0, 1, doc="receive-buffer autotuning (DRS)"),
+    _k("net.ipv4.tcp_mem", (287898, 383867, 575796), 1,
+       doc="pages all TCP sockets may hold: no pressure below, pressure above, hard limit"),
+    _k("net.ipv4.tcp_notsent_lowat", 4294967295, 1, 4294967295,
+       doc="unsent bytes above which a socket is not writable"),
+    _k("net.ipv4.tcp_limit_output_bytes", 4194304, 0,
+       doc="TCP Small Queues: bytes a socket may have queued below it"),
+    _k("ustack.tcp_small_queues", 1, 0, 1,
+       doc="ustack's own switch (Linux has none): 0 turns TCP Small Queues off, to compare"),
     _k("net.ipv4.tcp_sack", 1, 0, 1),
+    _k("net.ipv4.tcp_dsack", 1, 0, 1, doc="report duplicate segments as D-SACK (RFC 2883)"),
+    _k("net.ipv4.tcp_reordering", 3, 1, 300, doc="DupThresh: segments of reordering tolerated"),
+    _k("net.ipv4.tcp_frto", 2, 0, 2, doc="F-RTO (RFC 5682) spurious-RTO detection"),
     _k("net.ipv4.tcp_timestamps", 1, 0, 2),
     _k("net.ipv4.tcp_fin_timeout", 60, 0),
     _k("net.ipv4.tcp_syn_retries", 6, 1, 127),
@@ -97,12 +117,54 @@ _KNOBS = [
     _k("net.ipv4.tcp_keepalive_probes", 9, 1, 127),
     _k("net.ipv4.tcp_max_syn_backlog", 1024, 1),
     _k("net.ipv4.tcp_syncookies", 1, 0, 2),
-    _k("net.ipv4.tcp_fastopen", 1, 0, 0xFFF),
+    _k("net.ipv4.tcp_challenge_ack_limit", INT_MAX, 0,
+       doc="RFC 5961 challenge ACKs per second, host-wide (INT_MAX: no host-wide limit)"),
+    _k("net.ipv4.tcp_invalid_ratelimit", 500, 0,
+       doc="ms between ACKs a connection sends for out-of-window segments"),
+    _k("net.ipv4.tcp_max_orphans", 131072, 0,
+       doc="closed sockets still finishing their close; beyond, they are reset"),
+    _k("net.ipv4.tcp_max_tw_buckets", 131072, 0,
+       doc="TIME-WAIT connections kept; beyond, closing connections skip TIME-WAIT"),
+    _k("net.ipv4.tcp_fastopen", 1, 0, 0xFFF,
+       doc="Fast Open bits: 0x1 client, 0x2 server, 0x4/0x200 no cookie, 0x400 all listeners"),
+    Knob("net.ipv4.tcp_fastopen_key", "00000000-00000000-00000000-00000000",
+         doc="Fast Open cookie keys: primary[,backup], 32 hex digits each"),
+    _k("net.ipv4.tcp_fastopen_blackhole_timeout_sec", 0, 0,
+       doc="pause active Fast Open this long after a blackhole (0: detection off)"),
     Knob("net.ipv4.tcp_congestion_control", "cubic", choices=("cubic", "reno"),
          doc="congestion control for new connections (tcp_congestion_ops name)"),
 ]
 
 KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS}
+
+TFO_ZERO_KEY = "00000000-00000000-00000000-00000000"
+_TFO_KEY = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{8}){3}")
+
+
+def parse_fastopen_keys(text: str) -> list[bytes]:
+    """``proc_tcp_fastopen_key``: "primary[,backup]", 32 hex digits each, dashes optional.
+
+    Raises SysctlError with a one-line reason for anything else.
+    """
+    parts = [p.strip() for p in str(text).strip().split(",")]
+    if len(parts) > 2:
+        raise SysctlError("net.ipv4.tcp_fastopen_key: at most a primary and a backup key")
+    keys = []
+    for part in parts:
+        if not _TFO_KEY.fullmatch(part):
+            raise SysctlError(f"net.ipv4.tcp_fastopen_key: {part!r} is not 32 hex digits "
+                              "(xxxxxxxx-xxxxxxxx-xxxxxxxx-xxxxxxxx)")
+        keys.append(bytes.fromhex(part.replace("-", "")))
+    return keys
+
+
+def format_fastopen_keys(keys: list[bytes]) -> str:
+    """The kernel's rendering: 4 dash-separated groups of 8 hex digits, keys comma-separated."""
+    out = []
+    for key in keys:
+        h = key.hex()
+        out.append("-".join(h[i : i + 8] for i in range(0, 32, 8)))
+    return ",".join(out)
 
 
 def format_value(value: Value) -> str:
@@ -149,6 +211,8 @@ class Sysctl:
 
     @staticmethod
     def _parse(knob: Knob, value: str | int | tuple[int, ...]) -> Value:
+        if knob.name == "net.ipv4.tcp_fastopen_key":
+            return format_fastopen_keys(parse_fastopen_keys(str(value)))
         if isinstance(knob.default, str):
             text = str(value).strip()
             if text not in knob.choices:
@@ -179,7 +243,7 @@ class Sysctl:
             return numbers[0]
         if knob.name == "net.ipv4.ip_local_port_range" and numbers[0] > numbers[1]:
             raise SysctlError(f"{knob.name}: low end {numbers[0]} above high end {numbers[1]}")
-        if knob.name in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem") and not (
+        if knob.name in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem", "net.ipv4.tcp_mem") and not (
             numbers[0] <= numbers[1] <= numbers[2]
         ):
             raise SysctlError(f"{knob.name}: expects min <= default <= max")

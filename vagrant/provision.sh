@@ -15,7 +15,7 @@ VENV=$ROOT/.venv
 STAMP=$VENV/.ustack-installed
 
 # The kernel-side tools the interop tests and the demo run.
-PACKAGES=(iproute2 iputils-ping netcat-openbsd curl wget tcpdump ethtool procps kmod)
+PACKAGES=(iproute2 iputils-ping netcat-openbsd curl wget tcpdump ethtool procps kmod iptables)
 
 APT_UPDATED=false
 

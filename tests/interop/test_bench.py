@@ -47,6 +47,10 @@ def test_quick_bench_reports_every_measurement(tmp_path):
             assert row[f"ratio_{column}"] > 0, (name, column, row)
     rr = data["results"]
     assert all(rr["rr_p99_us"][c] >= rr["rr_median_us"][c] for c in COLUMNS)
+    # The TSQ table measured both settings (which is faster is a measurement,
+    # not an assertion: it is printed, with the ratio).
+    assert [row["setting"] for row in data["tsq"]] == ["TSQ on", "TSQ off"]
+    assert all(row["rr_median_us"] > 0 and row["bulk_MBps"] > 0 for row in data["tsq"])
 
     if data["offload_control"]:
         # ustack up said which mode it ran in, matching the column.

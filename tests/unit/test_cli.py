@@ -380,3 +380,34 @@ def test_neigh_and_route_print_the_tables(
     assert main(["route", "--control", d.path]) == 0
     assert d.close() == {"cmd": "route"}
     assert capsys.readouterr().out == "10.0.0.0/24 dev tap0 src 10.0.0.2\n"
+
+
+def test_tcp_metrics_show_prints_ip_tcp_metrics_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"dst": "10.0.0.1", "age": 1.5, "fo_mss": 1460, "fo_cookie": "00112233aabbccdd",
+             "fo_syn_drops": 1, "fo_syn_drops_ago": 0.25}]
+    d = FakeDaemon(tmp_path / "c.sock", [{"result": rows}])
+    assert main(["tcp_metrics", "tap0", "show", "10.0.0.1", "--control", d.path]) == 0
+    assert d.close() == {"cmd": "tcp_metrics", "action": "show", "addr": "10.0.0.1"}
+    assert capsys.readouterr().out == (
+        "10.0.0.1 age 1.500sec fo_mss 1460 fo_cookie 00112233aabbccdd "
+        "fo_syn_drops 1/0.250sec ago\n")
+
+
+def test_tcp_metrics_flush_without_tap(tmp_path: Path) -> None:
+    d = FakeDaemon(tmp_path / "c.sock", [{"result": {"flushed": 2}}])
+    assert main(["tcp_metrics", "flush", "--control", d.path]) == 0
+    assert d.close() == {"cmd": "tcp_metrics", "action": "flush"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["tcp_metrics", "tap0", "show", "not-an-ip"],
+    ["tcp_metrics", "tap0", "show", "10.0.0.1", "extra"],
+    ["nc", "--fastopen", "-l", "8080"],
+    ["nc", "--fastopen", "-u", "10.0.0.1", "53"],
+])
+def test_fastopen_cli_misuse_is_one_line(argv: list[str],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--control", "/nonexistent/ustack.sock"]) == 1
+    assert one_error_line(capsys)

@@ -586,6 +586,8 @@ def test_failed_write_counts_tx_dropped() -> None:
 def test_full_tx_ring_rings_the_doorbell_instead_of_dropping() -> None:
     """start_xmit on a full ring writes the batch first; nothing is lost, order is kept."""
     dev, links, _ = device(ring_size=2)
+    # BQL would stop the queue before the ring fills; here the ring is the limit.
+    dev.dql[0].set_limits(limit_min=1 << 20)
     frames = [eth(bytes([i]) * 50) for i in range(5)]
     for f in frames[:3]:
         dev.start_xmit(tx_packet(f))
@@ -617,8 +619,10 @@ def test_ethtool_stats_keys() -> None:
         assert name in keys
     per_queue = [k for k in keys if "_queue_" in k]
     assert per_queue == [
-        "rx_queue_0_packets", "rx_queue_0_bytes", "rx_queue_0_drops",
-        "rx_queue_1_packets", "rx_queue_1_bytes", "rx_queue_1_drops",
+        "rx_queue_0_packets", "rx_queue_0_bytes", "rx_queue_0_drops", "rx_queue_0_interrupts",
+        "rx_queue_0_napi_polls", "rx_queue_0_busy_poll_packets",
+        "rx_queue_1_packets", "rx_queue_1_bytes", "rx_queue_1_drops", "rx_queue_1_interrupts",
+        "rx_queue_1_napi_polls", "rx_queue_1_busy_poll_packets",
         "tx_queue_0_packets", "tx_queue_0_bytes", "tx_queue_0_drops",
         "tx_queue_1_packets", "tx_queue_1_bytes", "tx_queue_1_drops",
     ]

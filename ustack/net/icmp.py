@@ -126,7 +126,7 @@ class Icmp:
         if self.sysctl["net.ipv4.icmp_echo_ignore_all"]:
             return
         dst = iph_dst(pkt)
-        if (dst == LIMITED_BROADCAST or dst == self.ipv4.broadcast) and self.sysctl[
+        if (dst == LIMITED_BROADCAST or dst in self.ipv4.broadcasts) and self.sysctl[
             "net.ipv4.icmp_echo_ignore_broadcasts"
         ]:
             return
@@ -161,7 +161,8 @@ class Icmp:
         buf = orig.buf
         off = orig.net_off
         dst = iph_src(orig)
-        if orig.pkt_type != 0 or iph_dst(orig) in (LIMITED_BROADCAST, self.ipv4.broadcast):
+        if orig.pkt_type != 0 or iph_dst(orig) == LIMITED_BROADCAST or (
+                iph_dst(orig) in self.ipv4.broadcasts):
             return  # never about a broadcast or multicast (RFC 1122 3.2.2)
         if ((buf[off + 6] << 8) | buf[off + 7]) & IP_OFFSET:
             return  # only about the first fragment

@@ -22,6 +22,7 @@ from ..stats import Stats
 from ..sysctl import Sysctl
 from .ethernet import PACKET_OTHERHOST
 from .frag import Reassembler, fragment
+from .netfilter import NF_INET_LOCAL_IN, NF_INET_PRE_ROUTING, Netfilter
 from .route import RouteTable
 
 IPPROTO_ICMP = 1
@@ -114,6 +115,9 @@ class Ipv4:
         self.iface = iface
         self.addr = iface.ip.packed
         self.broadcast = iface.network.broadcast_address.packed
+        # Every local address and subnet broadcast, VLAN sub-interfaces' too.
+        self.local_addrs = {self.addr}
+        self.broadcasts = {self.broadcast}
         self.routes = routes
         self.mtu = mtu
         # neigh_output(pkt, nexthop): resolve the next hop, add L2, transmit.
@@ -127,12 +131,24 @@ class Ipv4:
         # Called with the bytes to quote when a fragment queue times out.
         self.frag_expired: Callable[[bytes], None] = lambda quote: None
         self.reasm = Reassembler(sysctl, stats)
+        # Netfilter hooks (net/netfilter.py), set by the stack only while any is in use.
+        self.nf: Netfilter | None = None
+        # Capture taps at ip_rcv and ip_output (capture.py); None: no capture.
+        self.tap_rcv: Callable[[memoryview], None] | None = None
+        self.tap_output: Callable[[memoryview], None] | None = None
         self._ident = random.getrandbits(16)
+
+    def add_address(self, iface: ipaddress.IPv4Interface) -> None:
+        """Another local address (a VLAN sub-interface's); packets to it are ours."""
+        self.local_addrs.add(iface.ip.packed)
+        self.broadcasts.add(iface.network.broadcast_address.packed)
 
     # ---- receive ------------------------------------------------------------
 
     def ip_rcv(self, pkt: Packet) -> None:
         """``ip_rcv`` + ``ip_rcv_finish``: validate, route, deliver or drop."""
+        if self.tap_rcv is not None:
+            self.tap_rcv(pkt.data())
         ip = self.stats.ip
         if pkt.pkt_type == PACKET_OTHERHOST:
             # Not addressed to our MAC: dropped before it is counted (ip_rcv_core).
@@ -168,15 +184,20 @@ class Ipv4:
         self.stats.ipext["InOctets"] += tot_len
         pkt.trim(tot_len)
         pkt.net_off = off
-        src = buf[off + 12 : off + 16]
-        dst = buf[off + 16 : off + 20]
-        if src[0] == 127 or src[0] >= 224 or src == LIMITED_BROADCAST or src == self.broadcast:
+        if self.nf is not None and not self.nf.hook(NF_INET_PRE_ROUTING,
+                                                    view[off : off + tot_len]):
+            return
+        # bytes(): a GRO'd or untagged frame's buffer is a bytearray, whose
+        # slices cannot be looked up in the address sets.
+        src = bytes(buf[off + 12 : off + 16])
+        dst = bytes(buf[off + 16 : off + 20])
+        if src[0] == 127 or src[0] >= 224 or src == LIMITED_BROADCAST or src in self.broadcasts:
             # A martian source (ip_route_input_slow: martian_source).
             self.stats.drop("IP_INVALID_SOURCE")
             return
-        if dst == self.addr:
+        if dst in self.local_addrs:
             pass
-        elif dst == LIMITED_BROADCAST or dst == self.broadcast:
+        elif dst == LIMITED_BROADCAST or dst in self.broadcasts:
             self.stats.ipext["InBcastPkts"] += 1
         elif dst[0] >= 224 and dst[0] < 240:
             # No multicast group is joined: nothing here listens to it.
@@ -204,7 +225,11 @@ class Ipv4:
         self.ip_local_deliver(pkt, proto)
 
     def ip_local_deliver(self, pkt: Packet, proto: int) -> None:
-        """``ip_local_deliver_finish``: hand the payload to its protocol."""
+        """``ip_local_deliver`` + ``_finish``: the INPUT hook, then the protocol."""
+        if self.nf is not None and not self.nf.hook(
+            NF_INET_LOCAL_IN, memoryview(pkt.buf)[pkt.net_off : pkt.tail]
+        ):
+            return
         handler = self.protos.get(proto)
         if handler is None:
             self.stats.ip["InUnknownProtos"] += 1
@@ -221,7 +246,7 @@ class Ipv4:
         error handler; locally this is a direct call of that handler.
         """
         off = pkt.net_off
-        if off < 0 or bytes(pkt.buf[off + 12 : off + 16]) != self.addr:
+        if off < 0 or bytes(pkt.buf[off + 12 : off + 16]) not in self.local_addrs:
             return
         ihl = (pkt.buf[off] & 0x0F) * 4
         handler = self.err_handlers.get(pkt.buf[off + 9])
@@ -286,8 +311,12 @@ class Ipv4:
             )
             csum = internet_checksum(memoryview(pkt.buf)[off : off + IP_HLEN])
             struct.pack_into("!H", pkt.buf, off + 10, csum)
+            if self.nf is not None and not self.nf.local_out(memoryview(pkt.buf)[off : pkt.tail]):
+                return 1  # EPERM, as ip_local_out returns for NF_DROP
             self.stats.ipext["OutOctets"] += tot_len
             ip["OutTransmits"] += 1
+            if self.tap_output is not None:
+                self.tap_output(pkt.data())
             self.output(pkt, nexthop)
             return 0
         if df or tot_len > 65535:
@@ -296,6 +325,12 @@ class Ipv4:
         if pkt.ip_summed == CHECKSUM_PARTIAL:
             skb_checksum_help(pkt)
         header = IPHDR.pack(0x45, tos, tot_len, self.next_ident(), 0, ttl, proto, 0, src, dst)
+        if self.nf is not None:
+            # The output hooks see the whole datagram, before ip_fragment.
+            pkt.buf[off : off + IP_HLEN] = header
+            struct.pack_into("!H", pkt.buf, off + 10, internet_checksum(header))
+            if not self.nf.local_out(memoryview(pkt.buf)[off : pkt.tail]):
+                return 1  # EPERM
         pieces = fragment(header, memoryview(pkt.buf)[off + IP_HLEN : pkt.tail], mtu)
         ip["FragOKs"] += 1
         ip["FragCreates"] += len(pieces)
@@ -305,5 +340,7 @@ class Ipv4:
             fpkt.queue = pkt.queue
             self.stats.ipext["OutOctets"] += len(piece)
             ip["OutTransmits"] += 1
+            if self.tap_output is not None:
+                self.tap_output(fpkt.data())
             self.output(fpkt, nexthop)
         return 0

@@ -18,14 +18,27 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..buffer import CHECKSUM_PARTIAL, CHECKSUM_UNNECESSARY, Packet, skb_checksum_help
-from .features import GRO, GRO_HW, RX_CSUM, TSO, TX_CSUM, Features
+from ..buffer import (
+    CHECKSUM_PARTIAL,
+    CHECKSUM_UNNECESSARY,
+    Packet,
+    skb_checksum_help,
+    skb_orphan,
+)
+from ..checksum import csum_fold, csum_partial
+from .coalesce import Coalesce
+from .dql import Dql
+from .features import GRO, GRO_HW, RX_CSUM, RX_VLAN, TSO, TX_CSUM, VLAN_FILTER, Features
 from .gro import Gro
 from .gso import gso_segment
 from .impair import Impair, Impairment
 from .napi import Napi, Softnet
+from .qdisc import DEFAULT_TXQUEUELEN, Qdisc, make_qdisc
 from .ring import Ring
 from .rss import Rss
+from .vlan import is_tagged, vlan_id, vlan_insert_tag, vlan_untag
+from .xdp import COUNTERS as XDP_COUNTERS
+from .xdp import XDP_PASS, XDP_TX, XdpBuff, XdpProg, run_xdp
 
 # struct virtio_net_hdr (include/uapi/linux/virtio_net.h), little-endian.
 VNET_HDR = struct.Struct("<BBHHHH")
@@ -66,6 +79,9 @@ DEVICE_COUNTERS = (
     # Offload work: super-frames the kernel handed us, TSO super-frames we
     # handed it, and software GSO (super-segments split, frames made).
     "rx_gro_hw_packets", "tx_tso_packets", "tx_gso_packets", "tx_gso_segments",
+    # 802.1Q: frames of VLANs nobody subscribed to (rx-vlan-filter), and
+    # tagged frames too short to hold their tag or with the reserved VLAN 4095.
+    "rx_vlan_filtered", "rx_vlan_malformed",
 )
 # TUNSETOFFLOAD flags for the receive features (the kernel's TUN_F_* bits).
 _TUN_F_CSUM = 0x01
@@ -89,6 +105,7 @@ class NetDevice:
         set_offload: Callable[[int], None] | None = None,
         clock: Callable[[], float] | None = None,
         set_queue_attached: Callable[[int, bool], None] | None = None,
+        txqueuelen: int = DEFAULT_TXQUEUELEN,
     ) -> None:
         if not links:
             raise ValueError("a device needs at least one queue")
@@ -119,12 +136,29 @@ class NetDevice:
         self.tx_impair: list[Impairment | None] = [None] * len(links)
         self.impair_spec: tuple[Impair | None, Impair | None] = (None, None)
         self.impaired = False
+        # Egress: a root qdisc per TX queue (net.core.default_qdisc), Byte
+        # Queue Limits per TX ring, and the queue's __QUEUE_STATE_STACK_XOFF.
+        self.txqueuelen = _check_txqueuelen(txqueuelen)
+        self.qdiscs: list[Qdisc] = [
+            make_qdisc(softnet.sysctl["net.core.default_qdisc"], txqueuelen, mtu) for _ in links]
+        self.dql = [Dql() for _ in links]
+        self.tx_stopped = [False] * len(links)
         self.rss = Rss(len(links))
         self._flow_cache: dict[tuple[bytes, bytes, int, int], int] = {}
         self._flow_cache_gen = -1
         # Queues in use (ethtool -L combined); the rest stay open but detached.
         self.active_queues = len(links)
         self._set_queue_attached = set_queue_attached
+        # ethtool -c/-C: when each queue's interrupt fires after frames land.
+        self.coalesce = Coalesce(len(links))
+        # VLAN ids with a sub-interface (ndo_vlan_rx_add_vid): rx-vlan-filter passes them.
+        self.vlan_filter: set[int] = set()
+        # The XDP program at the RX ring and its verdict counters (nic/xdp.py).
+        self.xdp: XdpProg | None = None
+        self.xdp_counters: dict[str, int] = {n: 0 for n in XDP_COUNTERS}
+        # Capture taps at the ring and at the wire (capture.py); None: no capture.
+        self.tap_rx: Callable[[memoryview], None] | None = None
+        self.tap_tx: Callable[[memoryview], None] | None = None
         self.features = Features(hw_features, features)
         self.features.on_change = self._apply_features
         self._apply_features(self.features.active)
@@ -180,6 +214,7 @@ class NetDevice:
         """Tell the link and the GRO contexts what is on (ndo_set_features)."""
         for gro in self.gro:
             gro.enabled = GRO in active
+        self.rx_vlan = RX_VLAN in active
         if self._set_offload is not None:
             flags = (_TUN_F_CSUM if RX_CSUM in active else 0) | (
                 _TUN_F_TSO if GRO_HW in active else 0)
@@ -237,15 +272,43 @@ class NetDevice:
             if knobs is None:
                 return None
             seed = None if knobs.seed is None else knobs.seed + q
-            return Impairment(dataclasses.replace(knobs, seed=seed))
+            imp = Impairment(dataclasses.replace(knobs, seed=seed))
+            if self.vnet_hdr_len:
+                imp.header_len = self.vnet_hdr_len + ETH_HLEN
+                imp.wire_form = self._wire_form
+            return imp
 
         for q in range(len(self.links)):
             for frame in self._release_all(q):
                 self.links[q].write_frame(frame)
+            old = self.tx_impair[q]
+            done = self._impair_completions(old, float("inf")) if old is not None else 0
             self.rx_impair[q] = make(rx, q)
             self.tx_impair[q] = make(tx, q)
+            if done:
+                self._tx_completed(q, done)
         self.impair_spec = (rx, tx)
         self.impaired = rx is not None or tx is not None
+        self.flush_tx()
+
+    def _wire_form(self, frame: bytes) -> bytearray:
+        """*frame* (virtio-net header first) as a real wire carries it, for a bit flip.
+
+        A NEEDS_CSUM frame holds only the pseudo-header sum: complete it
+        (``skb_checksum_help``), and clear the offload flags so the receiver
+        verifies the checksum instead of trusting it; a kernel super-frame
+        keeps its GSO fields and is checked as one segment.
+        """
+        buf = bytearray(frame)
+        vlen = self.vnet_hdr_len
+        flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            start = vlen + csum_start
+            with memoryview(buf) as view:
+                total = csum_partial(view[start:])
+            struct.pack_into("!H", buf, start + csum_offset, csum_fold(total))
+        VNET_HDR.pack_into(buf, 0, 0, gso_type, hdr_len, gso_size, 0, 0)
+        return buf
 
     def _release_all(self, q: int) -> list[bytes]:
         """Frames held on the TX side when impairments change go out now."""
@@ -265,6 +328,10 @@ class NetDevice:
             if tx is not None:
                 for frame in tx.poll(now):
                     self._link_write(q, frame)
+                done = self._impair_completions(tx, now)
+                if done:
+                    self._tx_completed(q, done)
+                    self._tx_run(q)
         return woken
 
     def impair_deadline(self) -> float | None:
@@ -292,6 +359,9 @@ class NetDevice:
         max_frame = self.mtu + ETH_HLEN + VLAN_HLEN
         gro = self.gro[q]
         handler = gro.receive if gro.enabled else self.rx_handler
+        # None unless an XDP program / a capture at "rx" is attached (nic/xdp.py, capture.py).
+        xdp = self.xdp
+        tap_rx = self.tap_rx
         work = 0
         while work < budget and ring:
             frame = ring.pop()
@@ -299,7 +369,9 @@ class NetDevice:
             n = len(frame) - vlen
             pkt = Packet(frame, vlen)
             pkt.queue = q
-            if vlen:
+            # A frame shorter than its virtio-net header plus Ethernet is a
+            # length error before any header is read (virtnet receive_buf).
+            if vlen and n >= ETH_HLEN:
                 self._parse_vnet_hdr(pkt, frame)
             if n < ETH_HLEN or (n > max_frame and not pkt.gso_size):
                 counters["rx_length_errors"] += 1
@@ -312,11 +384,68 @@ class NetDevice:
             counters["rx_bytes"] += n
             if pkt.gso_size:
                 counters["rx_gro_hw_packets"] += 1
+            if xdp is not None:
+                pkt = self._run_xdp(xdp, q, pkt)
+                if pkt is None:
+                    continue
+                frame = pkt.buf
+            if tap_rx is not None:
+                tap_rx(memoryview(frame)[vlen:])
             pkt.mac_off = vlen
+            if (self.rx_vlan and pkt.tail - pkt.head > 13 and pkt.buf[pkt.head + 12] == 0x81
+                    and not self._vlan_rx(pkt)):
+                continue
             handler(pkt)
         # napi_gro_flush at the end of each poll: nothing is held across polls.
         gro.flush()
         return work
+
+    def _run_xdp(self, prog: XdpProg, q: int, pkt: Packet) -> Packet | None:
+        """Run the XDP program on one frame; the packet to pass on, or None.
+
+        As a driver does before it builds an skb: a dropped frame goes no
+        further; an XDP_TX frame leaves on this queue's TX ring.
+        """
+        frame = pkt.buf
+        vlen = self.vnet_hdr_len
+        view = memoryview(frame)[vlen:]
+        xdp = XdpBuff(view, q)
+        action = run_xdp(prog, xdp, self.xdp_counters)
+        if action == XDP_TX:
+            out = Packet.alloc(xdp.data)
+            out.mac_off = out.head
+            out.queue = q
+            # Straight to the TX ring, as a driver's XDP_TX does: no qdisc.
+            self._ring_xmit(q, out)
+            return None
+        if action != XDP_PASS:
+            return None
+        if xdp.data is not view:
+            # The program rewrote the frame: pass the new bytes up instead.
+            new = Packet(bytes(frame[:vlen]) + bytes(xdp.data), vlen)
+            new.queue = q
+            new.ip_summed = pkt.ip_summed
+            new.csum_start, new.csum_offset = pkt.csum_start, pkt.csum_offset
+            new.gso_type, new.gso_size = pkt.gso_type, pkt.gso_size
+            return new
+        return pkt
+
+    def _vlan_rx(self, pkt: Packet) -> bool:
+        """rx-vlan-offload: strip the tag into ``pkt.vlan_tci``; False if dropped.
+
+        With rx-vlan-filter, a VLAN without a sub-interface is dropped here,
+        as a NIC's VLAN filter table does, and counted.
+        """
+        if not is_tagged(pkt):
+            return True
+        if not vlan_untag(pkt):
+            self.counters["rx_vlan_malformed"] += 1
+            return False
+        vid = vlan_id(pkt)
+        if vid and vid not in self.vlan_filter and VLAN_FILTER in self.features:
+            self.counters["rx_vlan_filtered"] += 1
+            return False
+        return True
 
     def _parse_vnet_hdr(self, pkt: Packet, frame: bytes) -> None:
         flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(frame)
@@ -335,63 +464,196 @@ class NetDevice:
     # ---- transmit -----------------------------------------------------------
 
     def start_xmit(self, pkt: Packet) -> None:
-        """``ndo_start_xmit``: queue one frame (``pkt.head`` at its MAC header)."""
+        """``__dev_queue_xmit``: one frame (``pkt.head`` at its MAC header) into its queue.
+
+        An empty work-conserving qdisc on a running queue is bypassed
+        (``TCQ_F_CAN_BYPASS`` -> ``sch_direct_xmit``): the frame goes straight
+        to the TX ring and is only counted. Otherwise it is enqueued, and the
+        qdisc runs into the ring while BQL lets it.
+        """
         q = pkt.queue % len(self.links)
+        qdisc = self.qdiscs[q]
+        if qdisc.can_bypass and not qdisc.qlen and not self.tx_stopped[q]:
+            # The hot path: _ring_xmit inlined.
+            n = pkt.tail - pkt.head
+            qdisc.bytes += n
+            qdisc.packets += 1
+            ring = self.tx_rings[q]
+            if not ring.free:
+                self._flush_queue(q)
+            ring.push(pkt)
+            dql = self.dql[q]
+            dql.last_obj_cnt = n
+            dql.num_queued += n
+            if dql.adj_limit < dql.num_queued:
+                self.tx_stopped[q] = True
+            return
+        qdisc.enqueue(pkt, self.clock())
+        self._qdisc_run(q)
+
+    def _ring_xmit(self, q: int, pkt: Packet) -> None:
+        """``ndo_start_xmit`` + ``netdev_tx_sent_queue``: one descriptor, charged to BQL."""
         ring = self.tx_rings[q]
         if not ring.free:
             # The ring is full: ring the doorbell now; the wire takes the batch
-            # at once, so the descriptors are free again (TX completion).
+            # at once, so the descriptors are free again.
             self._flush_queue(q)
         ring.push(pkt)
+        dql = self.dql[q]
+        n = pkt.tail - pkt.head
+        # dql_queued, inlined.
+        dql.last_obj_cnt = n
+        dql.num_queued += n
+        if dql.adj_limit < dql.num_queued:
+            # dql_avail < 0: netif_tx_stop_queue (__QUEUE_STATE_STACK_XOFF)
+            # until completions make room; meanwhile frames wait in the qdisc.
+            self.tx_stopped[q] = True
+
+    def _qdisc_run(self, q: int) -> None:
+        """``__qdisc_run``: dequeue into the ring while the queue is not stopped.
+
+        The qdisc serves one TX queue (``TCQ_F_ONETXQUEUE``), so a stopped
+        queue is not dequeued at all and nothing needs requeueing.
+        """
+        qdisc = self.qdiscs[q]
+        stopped = self.tx_stopped
+        if stopped[q]:
+            return
+        now = self.clock()
+        while not stopped[q]:
+            pkt = qdisc.dequeue(now)
+            if pkt is None:
+                return
+            qdisc.bytes += len(pkt)
+            qdisc.packets += 1
+            self._ring_xmit(q, pkt)
 
     def flush_tx(self) -> None:
         """Ring every queue's doorbell: write the queued frames to the link."""
         for q, ring in enumerate(self.tx_rings):
             if ring:
                 self._flush_queue(q)
+                if not self.tx_stopped[q] and self.qdiscs[q].qlen:
+                    self._tx_run(q)
+            elif self.qdiscs[q].qlen:
+                self._tx_run(q)
+
+    def _tx_run(self, q: int) -> None:
+        """Write queue *q*'s ring; while completions restart the queue, refill it.
+
+        As ``netif_tx_wake_queue`` -> ``net_tx_action`` -> ``qdisc_run``: on a
+        clean wire a frame completes when written, so the qdisc drains in one
+        go; on an impaired wire completions come later (``impair_poll``).
+        """
+        ring = self.tx_rings[q]
+        qdisc = self.qdiscs[q]
+        while True:
+            if ring:
+                self._flush_queue(q)
+            if self.tx_stopped[q] or not qdisc.qlen:
+                return
+            self._qdisc_run(q)
+
+    def _tx_completed(self, q: int, nbytes: int) -> None:
+        """``netdev_tx_completed_queue``: BQL learns what finished; the queue may wake."""
+        dql = self.dql[q]
+        dql.completed(nbytes, self.clock())
+        if self.tx_stopped[q] and dql.avail() >= 0:
+            self.tx_stopped[q] = False  # netif_tx_wake_queue; the caller runs the qdisc
+
+    @staticmethod
+    def _impair_completions(tx: Impairment, now: float) -> int:
+        """Complete the frames the impaired wire is done with; return their queued bytes."""
+        done = 0
+        for owner, nbytes in tx.completed(now):  # type: ignore[misc]
+            skb_orphan(owner)
+            done += nbytes
+        return done
 
     def _flush_queue(self, q: int) -> None:
+        """Write the ring's frames to the link; complete them (destructor, BQL).
+
+        On a clean wire a frame is complete once written; on an impaired one
+        when the impairment lets it go. A dropped frame completes too.
+        """
         link = self.links[q]
         qs = self.qstats[q]
         counters = self.counters
         vlen = self.vnet_hdr_len
         features = self.features
+        impair = self.tx_impair[q]
+        # A wire that corrupts frames gets them whole, as a NIC puts them on a
+        # real wire: segmented and checksummed here, so the receiver's checksum
+        # catches the flipped bit (the kernel would checksum corrupted data).
+        corrupting = impair is not None and impair.knobs.corrupt > 0
+        csum_offload = bool(vlen) and TX_CSUM in features and not corrupting
+        done = 0  # bytes completed now (netdev_tx_completed_queue)
         for pkt in self.tx_rings[q].drain():
-            if pkt.gso_size and len(pkt) - _headers_len(pkt) > pkt.gso_size:
-                if TSO in features and vlen and pkt.ip_summed == CHECKSUM_PARTIAL:
+            n = pkt.tail - pkt.head
+            token = None if impair is None else (pkt, n)
+            if pkt.gso_size and n - _headers_len(pkt) > pkt.gso_size:
+                if (TSO in features and vlen and pkt.ip_summed == CHECKSUM_PARTIAL
+                        and not corrupting):
                     # The kernel takes the super-frame whole (virtio GSO_TCPV4).
                     counters["tx_tso_packets"] += 1
-                    self._write(link, qs, pkt, vlen)
-                    continue
-                # validate_xmit_skb -> skb_gso_segment: cut it here, in software.
-                try:
-                    segs = gso_segment(pkt, csum_offload=vlen > 0 and TX_CSUM in features)
-                except ValueError:
-                    # Not TCP/IPv4 or malformed: the kernel drops it (-EINVAL).
-                    qs.tx_drops += 1
-                    counters["tx_dropped"] += 1
-                    counters["tx_errors"] += 1
-                    continue
-                counters["tx_gso_packets"] += 1
-                counters["tx_gso_segments"] += len(segs)
-                for seg in segs:
-                    self._write(link, qs, seg, vlen)
-                continue
-            pkt.gso_size = 0
-            self._write(link, qs, pkt, vlen)
+                    self._write(link, qs, pkt, vlen, token)
+                else:
+                    # validate_xmit_skb -> skb_gso_segment: cut it here, in software.
+                    try:
+                        segs = gso_segment(pkt, csum_offload=csum_offload)
+                    except ValueError:
+                        # Not TCP/IPv4 or malformed: the kernel drops it (-EINVAL).
+                        qs.tx_drops += 1
+                        counters["tx_dropped"] += 1
+                        counters["tx_errors"] += 1
+                        skb_orphan(pkt)
+                        done += n
+                        continue
+                    counters["tx_gso_packets"] += 1
+                    counters["tx_gso_segments"] += len(segs)
+                    last = segs[-1]
+                    for seg in segs:
+                        # The super-segment is done when its last segment is.
+                        self._write(link, qs, seg, vlen, token if seg is last else None,
+                                    csum_offload)
+            else:
+                pkt.gso_size = 0
+                self._write(link, qs, pkt, vlen, token, csum_offload)
+            if impair is None:
+                if pkt.destructor is not None:
+                    skb_orphan(pkt)
+                done += n
+        if impair is not None:
+            done += self._impair_completions(impair, self.clock())
+        if done:
+            self._tx_completed(q, done)
 
-    def _write(self, link: Any, qs: QueueStats, pkt: Packet, vlen: int) -> None:
-        """Hand one frame to the link, finishing its checksum if the link cannot."""
-        if pkt.ip_summed == CHECKSUM_PARTIAL and not (vlen and TX_CSUM in self.features):
+    def _write(self, link: Any, qs: QueueStats, pkt: Packet, vlen: int,
+               token: object = None, csum_offload: bool | None = None) -> None:
+        """Hand one frame to the link, finishing its checksum if the link cannot.
+
+        *token* rides with the frame through an impaired wire and comes back
+        as its TX completion. *csum_offload* False forces a software checksum.
+        """
+        if csum_offload is None:
+            csum_offload = bool(vlen) and TX_CSUM in self.features
+        if pkt.vlan_tci:
+            # tx-vlan-offload: the NIC puts the descriptor's tag in the frame.
+            vlan_insert_tag(pkt, pkt.vlan_tci)
+            pkt.vlan_tci = 0
+        if pkt.ip_summed == CHECKSUM_PARTIAL and not csum_offload:
             skb_checksum_help(pkt)
         n = len(pkt)
         if n < ETH_ZLEN:
             # Short frames are padded to the Ethernet minimum with zeros, as a
             # NIC does; never with stale buffer bytes (CVE-2003-0001, Etherleak).
-            del pkt.buf[pkt.tail :]
-            pkt.buf.extend(bytes(ETH_ZLEN - n))
+            # A fresh buffer: the old one may still be exported to a memoryview
+            # (a caller's checksum view), which forbids resizing it in place.
+            pkt.buf = bytearray(pkt.buf[: pkt.tail]) + bytes(ETH_ZLEN - n)
             pkt.tail = len(pkt.buf)
             n = ETH_ZLEN
+        if self.tap_tx is not None:
+            self.tap_tx(pkt.data())
         if vlen:
             self._push_vnet_hdr(pkt)
         impair = self.tx_impair[pkt.queue % len(self.links)]
@@ -401,7 +663,7 @@ class NetDevice:
                 return
         else:
             # Past the NIC the frame crosses the impaired stretch of wire.
-            for frame in impair.submit(bytes(pkt.data()), self.clock()):
+            for frame in impair.submit(bytes(pkt.data()), self.clock(), token):
                 self._link_write(pkt.queue % len(self.links), frame)
         qs.tx_packets += 1
         qs.tx_bytes += n
@@ -438,6 +700,33 @@ class NetDevice:
                 self.vnet_hdr_len - VNET_HDR.size
             )
 
+    # ---- egress queueing (tc, ip link set txqueuelen) -------------------------
+
+    def set_qdisc(self, kind: str) -> None:
+        """``tc qdisc replace dev DEV root KIND``: a fresh qdisc per TX queue.
+
+        As qdisc_graft does, the old qdiscs are reset: frames still in them
+        are freed (their destructors run), and the counters start over.
+        """
+        new = [make_qdisc(kind, self.txqueuelen, self.mtu) for _ in self.links]
+        old, self.qdiscs = self.qdiscs, new
+        for qdisc in old:
+            qdisc.reset()
+
+    def set_txqueuelen(self, txqueuelen: int) -> None:
+        """``ip link set DEV txqueuelen N``: pfifo_fast's bands follow it."""
+        self.txqueuelen = _check_txqueuelen(txqueuelen)
+        for qdisc in self.qdiscs:
+            qdisc.change_tx_queue_len(txqueuelen)
+
+    def tc_show(self) -> list[dict[str, Any]]:
+        """Per TX queue: the qdisc (``tc -s qdisc``) and BQL (``byte_queue_limits``)."""
+        return [
+            {"queue": q, "qdisc": self.qdiscs[q].show(), "bql": self.dql[q].show(),
+             "stopped": self.tx_stopped[q], "ring": len(self.tx_rings[q])}
+            for q in range(len(self.links))
+        ]
+
     # ---- views --------------------------------------------------------------
 
     def ethtool_stats(self) -> dict[str, int]:
@@ -452,10 +741,15 @@ class NetDevice:
         for gro in self.gro:
             for name, value in gro.counters.items():
                 out[f"rx_{name}"] = out.get(f"rx_{name}", 0) + value
+        out.update(self.xdp_counters)
         for i, qs in enumerate(self.qstats):
             out[f"rx_queue_{i}_packets"] = qs.rx_packets
             out[f"rx_queue_{i}_bytes"] = qs.rx_bytes
             out[f"rx_queue_{i}_drops"] = qs.rx_drops
+            # Interrupts, softirq polls and busy polls: frames per poll is the batch.
+            out[f"rx_queue_{i}_interrupts"] = self.coalesce.queues[i].interrupts
+            out[f"rx_queue_{i}_napi_polls"] = self.napi[i].polls
+            out[f"rx_queue_{i}_busy_poll_packets"] = self.napi[i].busy_poll_packets
         for i, qs in enumerate(self.qstats):
             out[f"tx_queue_{i}_packets"] = qs.tx_packets
             out[f"tx_queue_{i}_bytes"] = qs.tx_bytes
@@ -469,6 +763,12 @@ class NetDevice:
             "tx": self.tx_rings[0].size,
             **{f"rx_queue_{i}_fill": len(r) for i, r in enumerate(self.rx_rings)},
         }
+
+
+def _check_txqueuelen(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2**31 - 1:
+        raise ValueError(f"bad txqueuelen {n!r}: must be 1..{2**31 - 1}")
+    return n
 
 
 def _headers_len(pkt: Packet) -> int:

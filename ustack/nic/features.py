@@ -20,10 +20,14 @@ GSO = "generic-segmentation-offload"
 GRO = "generic-receive-offload"
 GRO_HW = "rx-gro-hw"
 LRO = "large-receive-offload"
+# 802.1Q offloads: the emulated NIC strips, inserts and filters tags itself.
+RX_VLAN = "rx-vlan-offload"
+TX_VLAN = "tx-vlan-offload"
+VLAN_FILTER = "rx-vlan-filter"
 
 # In ethtool -k order. Software features are available on every link.
-ORDER = (RX_CSUM, TX_CSUM, SG, TSO, GSO, GRO, LRO, GRO_HW)
-SOFTWARE = frozenset({SG, GSO, GRO})
+ORDER = (RX_CSUM, TX_CSUM, SG, TSO, GSO, GRO, LRO, RX_VLAN, TX_VLAN, VLAN_FILTER, GRO_HW)
+SOFTWARE = frozenset({SG, GSO, GRO, RX_VLAN, TX_VLAN, VLAN_FILTER})
 # (feature, needs): turning `needs` off turns `feature` off; turning `feature` on needs `needs`.
 DEPENDS = ((TSO, TX_CSUM), (GRO_HW, RX_CSUM))
 

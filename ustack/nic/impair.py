@@ -43,6 +43,7 @@ import dataclasses
 import random
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -294,6 +295,17 @@ class Impairment:
         self._link_free = float("-inf")  # when the serializer (rate) is idle again
         self._held: list[_Held] = []  # reorder stage, in the order frames were held
         self._lost_last = False  # Gilbert state: was the previous frame lost?
+        #: Bytes before the Ethernet payload that are never corrupted (the MAC
+        #: header, plus a virtio-net header where the device has one).
+        self.header_len = ETH_HLEN
+        #: Turns a frame into what a real wire would carry before a bit is
+        #: flipped (the device completes offloaded checksums); None: as is.
+        self.wire_form: Callable[[bytes], bytearray] | None = None
+        # TX completions: (time, token) of submitted frames, times non-decreasing.
+        # A frame's token is done when its original copy leaves the delay line
+        # (at once when nothing holds it, or when it is dropped), never ahead of
+        # an earlier frame's, as a NIC completes descriptors in ring order.
+        self._done: deque[tuple[float, object]] = deque()
         self.counters: dict[str, int] = dict.fromkeys((
             "impair_frames", "impair_dropped", "impair_burst_dropped", "impair_duplicated",
             "impair_reordered", "impair_corrupted", "impair_delayed", "impair_limit_drops",
@@ -301,11 +313,13 @@ class Impairment:
 
     # ---- in ----------------------------------------------------------------
 
-    def submit(self, frame: bytes, now: float) -> list[bytes]:
+    def submit(self, frame: bytes, now: float, token: object = None) -> list[bytes]:
         """Put *frame* on the impaired wire at *now*; return the frames to deliver now, in order.
 
         Earlier held frames due by *now* come first. *frame* itself may be
         dropped, duplicated, corrupted, or held (delay, rate, jitter, reorder).
+        A *token* (not None) comes back from :meth:`completed` once the frame
+        has left the delay line or was dropped: the device's TX completion.
         """
         out = self.poll(now)
         k, rng, c = self.knobs, self._rng, self.counters
@@ -316,10 +330,12 @@ class Impairment:
             if rng.random() < k.burst / (1.0 + k.burst):
                 c["impair_dropped"] += 1
                 c["impair_burst_dropped"] += 1
+                self._complete(token, now)
                 return out
         elif k.loss > 0 and rng.random() < k.loss:
             c["impair_dropped"] += 1
             self._lost_last = True
+            self._complete(token, now)
             return out
         self._lost_last = False
         # 2. Duplication (netem: the clone is made before corruption).
@@ -328,18 +344,34 @@ class Impairment:
             copies.append(copies[0])
             c["impair_duplicated"] += 1
         # 3. Corruption of the original: one bit past the MAC header, in a new buffer.
-        if k.corrupt > 0 and rng.random() < k.corrupt and len(frame) > ETH_HLEN:
-            bit = rng.randrange(ETH_HLEN * 8, len(frame) * 8)
-            buf = bytearray(frame)
+        if k.corrupt > 0 and rng.random() < k.corrupt and len(frame) > self.header_len:
+            bit = rng.randrange(self.header_len * 8, len(frame) * 8)
+            buf = self.wire_form(frame) if self.wire_form is not None else bytearray(frame)
             buf[bit >> 3] ^= 1 << (bit & 7)
             copies[0] = bytes(buf)
             c["impair_corrupted"] += 1
-        for copy in copies:
-            self._enqueue(copy, now, out)
+        released = [self._enqueue(copy, now, out) for copy in copies]
+        self._complete(token, released[0])
         return out
 
-    def _enqueue(self, frame: bytes, now: float, out: list[bytes]) -> None:
-        """Schedule one copy: rate, delay, jitter, limit; out at once if nothing holds it."""
+    def _complete(self, token: object, t: float) -> None:
+        if token is not None:
+            done = self._done
+            done.append((max(t, done[-1][0]) if done else t, token))
+
+    def completed(self, now: float) -> list[object]:
+        """Tokens of frames whose transmission is complete by *now*, in submit order."""
+        done = self._done
+        out = []
+        while done and done[0][0] <= now:
+            out.append(done.popleft()[1])
+        return out
+
+    def _enqueue(self, frame: bytes, now: float, out: list[bytes]) -> float:
+        """Schedule one copy: rate, delay, jitter, limit; out at once if nothing holds it.
+
+        Returns when the copy leaves the delay line (*now* if it was dropped).
+        """
         k, rng, c = self.knobs, self._rng, self.counters
         t = now
         link_free = self._link_free
@@ -355,14 +387,15 @@ class Impairment:
         if t > now or reorder:
             if self.held() >= k.limit:
                 c["impair_limit_drops"] += 1  # netem: qlen >= limit -> qdisc_drop
-                return
+                return now
         self._link_free = link_free
         if t > now:
             c["impair_delayed"] += 1
             self._line.append((t, reorder, frame))
             self._last_release = t
-        else:
-            self._exit(frame, reorder, now, out)
+            return t
+        self._exit(frame, reorder, now, out)
+        return now
 
     # ---- out ---------------------------------------------------------------
 
@@ -406,6 +439,8 @@ class Impairment:
         times = [h.deadline for h in self._held]
         if self._line:
             times.append(self._line[0][0])
+        if self._done:
+            times.append(self._done[0][0])
         return min(times) if times else None
 
     def held(self) -> int:

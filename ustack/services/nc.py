@@ -17,6 +17,8 @@ from typing import Any
 
 import trio
 
+from ..sockets.tcp import TCP_FASTOPEN_CONNECT
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 FRAME = struct.Struct("!I")
 MAX_FRAME = 65536
@@ -75,10 +77,14 @@ async def _relay(stream: trio.abc.Stream, leftover: bytes,
         nursery.cancel_scope.cancel()
 
 
-async def _open_tcp(stack: Any, listen: bool, host: str, port: int, send: Send) -> Any:
+async def _open_tcp(stack: Any, listen: bool, host: str, port: int, send: Send,
+                    fastopen: bool) -> Any:
     if not listen:
         conn = stack.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
+            if fastopen:
+                # TCP_FASTOPEN_CONNECT: with a cached cookie, stdin's first data rides the SYN.
+                conn.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
             await conn.connect((host, port))
         except BaseException:
             conn.close()
@@ -97,12 +103,20 @@ async def _open_tcp(stack: Any, listen: bool, host: str, port: int, send: Send) 
 
 
 async def nc_tcp(stack: Any, listen: bool, host: str, port: int, half_close: bool,
-                 send: Send, stream: trio.abc.Stream, leftover: bytes) -> None:
-    """Connect (or accept one connection) and relay until the peer or client closes."""
-    conn = await _open_tcp(stack, listen, host, port, send)
+                 send: Send, stream: trio.abc.Stream, leftover: bytes,
+                 fastopen: bool = False) -> None:
+    """Connect (or accept one connection) and relay until the peer or client closes.
+
+    With *fastopen* the connect uses TCP Fast Open (TCP_FASTOPEN_CONNECT).
+    """
+    conn = await _open_tcp(stack, listen, host, port, send, fastopen)
     try:
+        try:
+            peer = conn.getpeername()
+        except OSError:
+            peer = (host, port)  # a deferred Fast Open connect: no SYN sent yet
         await send({"progress": "connected", "local": list(conn.getsockname()),
-                    "peer": list(conn.getpeername())})
+                    "peer": list(peer)})
 
         def stdin_eof() -> None:
             if half_close:

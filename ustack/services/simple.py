@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 # RFC 864: lines of 72 printable characters, each starting one further along.
 _PRINTABLE = bytes(range(32, 127))
+# TCP_FASTOPEN queue length of the daemon's TCP services (nginx-style fastopen=256).
+TFO_QLEN = 256
 
 
 def chargen_line(n: int) -> bytes:
@@ -28,6 +30,9 @@ async def _tcp_server(stack: Any, port: int, handler: Callable[[Any], Awaitable[
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     await listener.bind(("", port))
     listener.listen(128)
+    # Fast Open queue as a server would configure it; the server side works
+    # once net.ipv4.tcp_fastopen has bit 0x2 (the kernel's default is client only).
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, TFO_QLEN)
     task_status.started()
     try:
         async with trio.open_nursery() as nursery:

@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import itertools
 import socket as _stdlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,6 +35,7 @@ MSG_PEEK = _stdlib.MSG_PEEK
 TYPE_MASK = 0xF
 SOCK_MIN_RCVBUF = 2048 + 256
 SOCK_MIN_SNDBUF = 2 * (2048 + 256)
+SO_BUSY_POLL = 46  # include/uapi/asm-generic/socket.h (not in Python's socket module)
 
 # Pseudo file descriptors: non-negative while open, as trio expects, and far
 # above real descriptors so nobody mistakes one for the other.
@@ -84,6 +86,10 @@ class StackSocket(trio.socket.SocketType):
         self._recv_busy = False
         self._send_busy = False
         self._shut_wr = False
+        # sk_ll_usec: how long a blocking read busy-polls (sock_init_data).
+        self._ll_usec = stack.sysctl["net.core.busy_read"]
+        self._rxhash = 0
+        self._rxhash_flow: tuple[bytes, bytes, int, int] | None = None
 
     # ---- identity -----------------------------------------------------------
 
@@ -144,6 +150,40 @@ class StackSocket(trio.socket.SocketType):
         if self._fd < 0:
             raise trio.ClosedResourceError("another task closed this socket")
 
+    def _flow(self) -> tuple[bytes, bytes, int, int] | None:
+        """(remote address, local address, remote port, local port), if connected."""
+        return None
+
+    def _rps_record_flow(self) -> None:
+        """``sock_rps_record_flow``: RFS learns the CPU this flow is read on."""
+        if not self.stack.sysctl["net.core.rps_sock_flow_entries"]:
+            return
+        flow = self._flow()
+        if flow is None:
+            return
+        if flow != self._rxhash_flow:
+            # sk_rxhash: the hash the flow's frames get on receive (skb_get_hash).
+            self._rxhash = self.stack.dev.rss.flow_hash(*flow)
+            self._rxhash_flow = flow
+        self.stack.rps.sock_rps_record_flow(self._rxhash)
+
+    async def _busy_poll(self, ready: Callable[[], bool]) -> None:
+        """``sk_busy_loop``: poll the flow's RX queue for sk_ll_usec before sleeping."""
+        flow = self._flow()
+        if not self._ll_usec or flow is None:
+            return
+        q = self.stack.dev.flow_queue(*flow)
+        await self.stack.napi_busy_loop(q, self._ll_usec, ready)
+
+    def _common_setsockopt(self, level: int, optname: int, value: int) -> bool:
+        """Options every socket has; True when *optname* was one of them."""
+        if level == SOL_SOCKET and optname == SO_BUSY_POLL:
+            if value < 0:
+                raise OSError(errno.EINVAL, "invalid argument")
+            self._ll_usec = value
+            return True
+        return False
+
     def _mark_closed(self) -> None:
         self._fd = -1
         self._lot.unpark_all()
@@ -158,6 +198,8 @@ class StackSocket(trio.socket.SocketType):
                 return self._proto
             if optname == _stdlib.SO_DOMAIN:
                 return AF_INET
+            if optname == SO_BUSY_POLL:
+                return self._ll_usec
         return None
 
     @staticmethod

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..transport.tcp import TcpConnection, TcpListener, TcpState, congestion
+from ..transport.tcp.fastopen import TFO_CLIENT_ENABLE
 from ..transport.tcp_ipv4 import Binding
 from .base import (
     IPPROTO_TCP,
@@ -43,6 +44,13 @@ TCP_KEEPINTVL = _stdlib.TCP_KEEPINTVL
 TCP_KEEPCNT = _stdlib.TCP_KEEPCNT
 TCP_INFO = _stdlib.TCP_INFO
 TCP_CONGESTION = 13
+# include/uapi/linux/tcp.h and linux/socket.h; Python 3.11's socket module
+# lacks TCP_FASTOPEN_CONNECT and MSG_FASTOPEN.
+TCP_FASTOPEN = 23
+TCP_NOTSENT_LOWAT = 25
+TCP_FASTOPEN_CONNECT = 30
+MSG_FASTOPEN = 0x20000000
+TCPI_OPT_SYN_DATA = 0x20
 
 # The first fields of struct tcp_info (include/uapi/linux/tcp.h), enough for
 # state, timers, MSS, window and RTT: 8 u8 then 24 u32 (times in microseconds).
@@ -117,6 +125,8 @@ class TcpSocket(StackSocket):
         listener.sndbuf = self._sndbuf
         listener.rcvbuf = self._rcvbuf
         listener.ca_name = self._opts.get("ca")
+        if "fastopen" in self._opts:
+            listener.fastopen_queue_tune(self._opts["fastopen"])
         self.listener = listener
 
     async def accept(self) -> tuple[TcpSocket, tuple[str, int]]:
@@ -129,6 +139,7 @@ class TcpSocket(StackSocket):
             if conn is not None:
                 child = TcpSocket(self.stack, conn, self.tcp.accepted(conn))
                 child._opts = dict(self._opts)
+                conn.notsent_lowat = self._opts.get("notsent_lowat", 0)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return child, format_address((conn.remote_ip, conn.remote_port))
             await self._wait()
@@ -139,7 +150,9 @@ class TcpSocket(StackSocket):
         """Active open; returns when ESTABLISHED, raises ECONNREFUSED/ETIMEDOUT.
 
         Cancellable: cancelling abandons the half-open connection (RST if the
-        peer already answered), as closing a connecting socket does.
+        peer already answered), as closing a connecting socket does. With
+        TCP_FASTOPEN_CONNECT and a cached cookie it returns at once; the
+        first send carries the SYN.
         """
         self._check_open()
         if self.listener is not None:
@@ -153,6 +166,9 @@ class TcpSocket(StackSocket):
         conn, self.binding = self.tcp.connect(self.binding, daddr, dport, self.reuseaddr,
                                               self._apply_opts)
         self.conn = conn
+        if conn.defer_connect:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
         try:
             while conn.state in (TcpState.SYN_SENT, TcpState.SYN_RECV):
                 await self._wait()
@@ -173,15 +189,23 @@ class TcpSocket(StackSocket):
         if self._sndbuf is not None:
             conn.sndbuf, conn.sndbuf_locked = self._sndbuf, True
         if self._rcvbuf is not None:
-            conn.rcvbuf = self._rcvbuf
+            conn.set_rcvbuf(self._rcvbuf)
         if self._maxseg is not None:
             conn.mss = min(conn.mss, self._maxseg)
         if self._opts["keepalive"]:
             conn.keepalive = True
         if "ca" in self._opts:
             conn.set_congestion_control(self._opts["ca"])
+        conn.fastopen_connect = self._opts.get("fastopen_connect", False)
+        conn.notsent_lowat = self._opts.get("notsent_lowat", 0)
 
     # ---- data ---------------------------------------------------------------
+
+    def _flow(self) -> tuple[bytes, bytes, int, int] | None:
+        conn = self.conn
+        if conn is None:
+            return None
+        return (conn.remote_ip, conn.local_ip, conn.remote_port, conn.local_port)
 
     def _connected(self) -> TcpConnection:
         self._check_open()
@@ -190,7 +214,12 @@ class TcpSocket(StackSocket):
         return self.conn
 
     async def send(self, data: Any, flags: int = 0) -> int:
-        """Queue what fits in the send buffer; wait while it is full."""
+        """Queue what fits in the send buffer; wait while it is full.
+
+        A full buffer raises BlockingIOError with MSG_DONTWAIT; otherwise the
+        sender sleeps until a third of the buffer is free again, or the unsent
+        bytes are under half of TCP_NOTSENT_LOWAT (``sk_stream_wait_memory``).
+        """
         conn = self._connected()
         view = memoryview(data).cast("B")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -201,7 +230,40 @@ class TcpSocket(StackSocket):
                 return n
             if flags & MSG_DONTWAIT:
                 raise BlockingIOError(errno.EAGAIN, "resource temporarily unavailable")
+            await self._wait_memory(conn)
+
+    async def _wait_memory(self, conn: TcpConnection) -> None:
+        await self._wait()
+        while not (conn.stream_writeable() or conn.error or self._shut_wr
+                   or conn.state is TcpState.CLOSED):
             await self._wait()
+
+    async def sendto(self, data: Any, *args: Any) -> int:
+        """``sendto(data[, flags], address)``; with MSG_FASTOPEN on an unconnected
+        socket: connect, the data riding the SYN when a cookie is cached
+        (``tcp_sendmsg_fastopen``; EISCONN once connected). Otherwise the
+        address is ignored, as Linux does for a TCP socket."""
+        if len(args) == 1:
+            flags, address = 0, args[0]
+        elif len(args) == 2:
+            flags, address = args
+        else:
+            raise TypeError("sendto(data[, flags], address)")
+        self._check_open()
+        if flags & MSG_FASTOPEN and self.conn is not None:
+            raise OSError(errno.EISCONN, "socket is already connected")
+        if flags & MSG_FASTOPEN:
+            if not self.stack.sysctl["net.ipv4.tcp_fastopen"] & TFO_CLIENT_ENABLE:
+                raise OSError(errno.EOPNOTSUPP, "TCP Fast Open client is disabled "
+                              "(net.ipv4.tcp_fastopen bit 0x1)")
+            if self.listener is not None:
+                raise OSError(errno.EINVAL, "socket is listening")
+            daddr, dport = parse_address(address, allow_any=False)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._opts["fastopen_connect"] = True
+            self.conn, self.binding = self.tcp.connect(self.binding, daddr, dport,
+                                                       self.reuseaddr, self._apply_opts)
+        return await self.send(data, flags & ~MSG_FASTOPEN)
 
     async def sendall(self, data: Any) -> None:
         """Send every byte (``socket.sendall``)."""
@@ -222,12 +284,20 @@ class TcpSocket(StackSocket):
         self._recv_busy = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            self._rps_record_flow()
+            polled = False
             while True:
                 try:
                     data = conn.recv(bufsize, self._now()) if bufsize else b""
                 except BlockingIOError:
                     if flags & MSG_DONTWAIT:
                         raise
+                    if not polled:
+                        # tcp_recvmsg: busy-poll the queue once before sleeping.
+                        polled = True
+                        await self._busy_poll(
+                            lambda: bool(conn.readable_bytes or conn.eof or conn.error))
+                        continue
                     await self._wait()
                     continue
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -244,8 +314,8 @@ class TcpSocket(StackSocket):
     async def wait_writable(self) -> None:
         conn = self._connected()
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not (conn.send_space or conn.error or self._shut_wr
-                   or conn.state is TcpState.CLOSED):
+        while not ((conn.send_space and conn.stream_writeable()) or conn.error
+                   or self._shut_wr or conn.state is TcpState.CLOSED):
             await self._wait()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -290,6 +360,8 @@ class TcpSocket(StackSocket):
                 self.listener.ca_name = name
             return
         v = self._int_value(value)
+        if self._common_setsockopt(level, optname, v):
+            return
         sysctl = self.stack.sysctl
         conn = self.conn
         now = self._now()
@@ -307,7 +379,7 @@ class TcpSocket(StackSocket):
             elif optname == _stdlib.SO_RCVBUF:
                 self._rcvbuf = sock_buf_size(v, sysctl["net.core.rmem_max"], SOCK_MIN_RCVBUF)
                 if conn is not None:
-                    conn.rcvbuf = self._rcvbuf
+                    conn.set_rcvbuf(self._rcvbuf)
             elif optname == _stdlib.SO_SNDBUF:
                 self._sndbuf = sock_buf_size(v, sysctl["net.core.wmem_max"], SOCK_MIN_SNDBUF)
                 if conn is not None:
@@ -330,6 +402,29 @@ class TcpSocket(StackSocket):
                 if not 88 <= v <= 32767:
                     raise OSError(errno.EINVAL, "invalid argument")
                 self._maxseg = v
+            elif optname == TCP_NOTSENT_LOWAT:
+                if v < 0:
+                    raise OSError(errno.EINVAL, "invalid argument")
+                self._opts["notsent_lowat"] = v
+                if conn is not None:
+                    conn.notsent_lowat = v
+                    conn._wake = True
+            elif optname == TCP_FASTOPEN:
+                # do_tcp_setsockopt: a queue length, on a closed or listening socket.
+                if v < 0 or conn is not None:
+                    raise OSError(errno.EINVAL, "invalid argument")
+                self._opts["fastopen"] = v
+                if self.listener is not None:
+                    self.listener.fastopen_queue_tune(v)
+            elif optname == TCP_FASTOPEN_CONNECT:
+                if v not in (0, 1):
+                    raise OSError(errno.EINVAL, "invalid argument")
+                if not sysctl["net.ipv4.tcp_fastopen"] & TFO_CLIENT_ENABLE:
+                    raise OSError(errno.EOPNOTSUPP, "TCP Fast Open client is disabled "
+                                  "(net.ipv4.tcp_fastopen bit 0x1)")
+                if conn is not None or self.listener is not None:
+                    raise OSError(errno.EINVAL, "invalid argument")
+                self._opts["fastopen_connect"] = bool(v)
             elif optname in (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT):
                 limit = 127 if optname == TCP_KEEPCNT else 32767
                 if not 1 <= v <= limit:
@@ -388,6 +483,14 @@ class TcpSocket(StackSocket):
                 default = {"keepidle": "tcp_keepalive_time", "keepintvl": "tcp_keepalive_intvl",
                            "keepcnt": "tcp_keepalive_probes"}[attr]
                 return int(self._opts.get(attr, sysctl[f"net.ipv4.{default}"]))
+            if optname == TCP_NOTSENT_LOWAT:
+                return self._opts.get("notsent_lowat", 0)
+            if optname == TCP_FASTOPEN:
+                if self.listener is not None:
+                    return self.listener.fastopen_max_qlen
+                return self._opts.get("fastopen", 0)
+            if optname == TCP_FASTOPEN_CONNECT:
+                return int(self._opts.get("fastopen_connect", False))
             if optname == TCP_INFO:
                 packed = self._pack_tcp_info()
                 return packed[: buflen] if buflen is not None else packed
@@ -407,7 +510,8 @@ class TcpSocket(StackSocket):
             return bytes(_TCP_INFO.size)
         c = self.conn
         i = c.info()
-        opts = (1 if c.ts_ok else 0) | (2 if c.sack_ok else 0) | (4 if c.wscale_ok else 0)
+        opts = ((1 if c.ts_ok else 0) | (2 if c.sack_ok else 0) | (4 if c.wscale_ok else 0)
+                | (TCPI_OPT_SYN_DATA if c.syn_data_acked else 0))
         wscale = (c.snd_wscale & 0xF) | ((c.rcv_wscale & 0xF) << 4)
         us = 1000
         return _TCP_INFO.pack(

@@ -54,6 +54,12 @@ class UdpSocket(StackSocket):
         self.sk.remote = (addr, port)
         await trio.lowlevel.checkpoint()
 
+    def _flow(self) -> tuple[bytes, bytes, int, int] | None:
+        local, remote = self.sk.local, self.sk.remote
+        if local is None or remote is None or local[0] == ANY:
+            return None
+        return (remote[0], local[0], remote[1], local[1])
+
     def getsockname(self) -> tuple[str, int]:
         self._check_open()
         return format_address(self.sk.local)
@@ -100,6 +106,8 @@ class UdpSocket(StackSocket):
             raise trio.BusyResourceError("another task is already receiving on this socket")
         self._recv_busy = True
         try:
+            self._rps_record_flow()
+            polled = False
             while True:
                 self._raise_pending()
                 if self.sk.rx_queue:
@@ -111,6 +119,11 @@ class UdpSocket(StackSocket):
                     return data[:bufsize], format_address(addr)
                 if flags & MSG_DONTWAIT:
                     raise BlockingIOError(errno.EAGAIN, "resource temporarily unavailable")
+                if not polled:
+                    # __skb_recv_udp: busy-poll the queue once before sleeping.
+                    polled = True
+                    await self._busy_poll(lambda: bool(self.sk.rx_queue or self.sk.error))
+                    continue
                 await self._wait()
         finally:
             self._recv_busy = False
@@ -147,6 +160,8 @@ class UdpSocket(StackSocket):
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
         self._check_open()
         v = self._int_value(value)
+        if self._common_setsockopt(level, optname, v):
+            return
         sysctl = self.stack.sysctl
         if level == SOL_SOCKET and optname == _stdlib.SO_BROADCAST:
             self.sk.broadcast = bool(v)

@@ -30,6 +30,11 @@ from .tcp import (
     rst_for,
     tcp_checksum_ok,
 )
+from .tcp.fastopen import FastOpen
+from .tcp.header import SYN
+from .tcp.mem import TcpMemAccount
+from .tcp.metrics import TcpMetrics
+from .tcp.secure import ChallengeAckLimit, SecureSeq, TcpLimits
 from .udp import ANY
 
 Key = tuple[bytes, int, bytes, int]  # local ip, local port, remote ip, remote port
@@ -81,8 +86,23 @@ class TcpV4:
         # The binding each connection keeps alive (released when it is gone).
         self._conn_binding: dict[TcpConnection, Binding] = {}
         # Initial sequence numbers (local ip, local port, remote ip, remote port)
-        # -> ISS, the role of secure_tcp_seq; None lets each connection pick one.
-        self.isn: Callable[[bytes, int, bytes, int], int] | None = None
+        # -> ISS: RFC 6528 (secure_tcp_seq, tcp/secure.py); None: a random one each.
+        self.isn: Callable[[bytes, int, bytes, int], int] | None = SecureSeq(clock).isn
+        # RFC 5961 7: the stack-wide challenge-ACK budget (tcp_challenge_ack_limit).
+        self.challenge_limit = ChallengeAckLimit(sysctl)
+        # tcp_max_orphans and tcp_max_tw_buckets.
+        self.limits = TcpLimits(sysctl, stats)
+        # Fast Open: the namespace-wide keys and blackhole state, and the
+        # per-destination cookie cache (``ip tcp_metrics``).
+        self.fastopen = FastOpen(sysctl, stats)
+        self.metrics = TcpMetrics()
+        # tcp_memory_allocated against net.ipv4.tcp_mem, for every socket.
+        self.mem = TcpMemAccount(sysctl, stats)
+        # TCP Small Queues: each socket's tcp_wfree, and the sockets a TX
+        # completion resumes, run like the kernel's TSQ tasklet from a timer.
+        self._wfree: dict[TcpConnection, Callable[[Any], None]] = {}
+        self._tsq_pending: dict[TcpConnection, None] = {}
+        self._tsq_timer = Timer(self._tsq_handler)
         ipv4.protos[IPPROTO_TCP] = self.tcp_v4_rcv
         ipv4.err_handlers[IPPROTO_TCP] = self.tcp_v4_err
 
@@ -98,7 +118,7 @@ class TcpV4:
         data = pkt.data()
         saddr = iph_src(pkt)
         daddr = iph_dst(pkt)
-        if daddr != self.ipv4.addr:
+        if daddr not in self.ipv4.local_addrs:
             # TCP to a broadcast address is never ours (tcp_v4_rcv: pkt_type != HOST).
             self.stats.drop("TCP_NOT_UNICAST")
             return
@@ -158,36 +178,60 @@ class TcpV4:
 
     # ---- output and timers --------------------------------------------------
 
-    def _xmit(self, seg: Any, saddr: bytes, daddr: bytes, mss: int = 0, queue: int = 0) -> None:
+    def _xmit(self, seg: Any, saddr: bytes, daddr: bytes, mss: int = 0, queue: int = 0,
+              owner: TcpConnection | None = None) -> None:
         """``tcp_transmit_skb`` + ``ip_queue_xmit`` for one segment.
 
         With TX checksum offload the segment leaves CHECKSUM_PARTIAL; one
         longer than *mss* is a super-segment (gso_size = mss) that the device
-        hands to the kernel whole (TSO) or cuts in software (GSO).
+        hands to the kernel whole (TSO) or cuts in software (GSO). A data
+        segment is charged to its *owner* until the device completes it
+        (``skb_set_owner_w`` / ``tcp_wfree``): TCP Small Queues.
         """
         csum_offload, _ = self.offload()
         pkt = build_segment(seg, saddr, daddr, csum_partial_offload=csum_offload)
-        if mss and len(seg.payload) > mss:
+        if mss and len(seg.payload) > mss and not seg.flags & SYN:
             pkt.gso_size = mss
             pkt.gso_type = SKB_GSO_TCPV4
         pkt.queue = queue
+        if owner is not None and seg.payload:
+            owner.tsq_queued(pkt.truesize)
+            pkt.destructor = self._wfree.get(owner)
         self.ipv4.ip_output(pkt, daddr, IPPROTO_TCP, src=saddr, df=True)
 
     def _drain(self, out: list, saddr: bytes, daddr: bytes, mss: int = 0,
-               queue: int = 0) -> None:
+               queue: int = 0, owner: TcpConnection | None = None) -> None:
         if not out:
             return
         segs = out[:]
         out.clear()
         for seg in segs:
-            self._xmit(seg, saddr, daddr, mss, queue)
+            self._xmit(seg, saddr, daddr, mss, queue, owner)
+
+    def _tcp_wfree(self, conn: TcpConnection, pkt: Any) -> None:
+        """``tcp_wfree``: a packet of *conn* left the device. A throttled socket is
+        resumed from the TSQ tasklet, never from inside the transmit path."""
+        if conn.tsq_completed(pkt.truesize) and conn not in self._tsq_pending:
+            self._tsq_pending[conn] = None
+            self.timers.mod_timer(self._tsq_timer, self.clock())
+
+    def _tsq_handler(self, now: float) -> None:
+        """``tcp_tsq_handler`` for every socket a completion resumed."""
+        pending = list(self._tsq_pending)
+        self._tsq_pending.clear()
+        for conn in pending:
+            if conn in self._timers:
+                conn.tsq_write(now)
+                self.process(conn)
 
     def process(self, conn: TcpConnection) -> None:
         """After any call into *conn*: transmit, re-arm its timer, forget it if closed."""
+        if conn.orphan or conn.state is TcpState.TIME_WAIT:
+            self.limits.check(conn, self.clock())
         if conn.out:
             queue = self.flow_queue(conn.remote_ip, conn.local_ip, conn.remote_port,
                                     conn.local_port)
-            self._drain(conn.out, conn.local_ip, conn.remote_ip, conn.snd_mss, queue)
+            self._drain(conn.out, conn.local_ip, conn.remote_ip, conn.snd_mss, queue, conn)
         timer = self._timers.get(conn)
         if conn.state is TcpState.CLOSED:
             self._unhash(conn)
@@ -206,6 +250,11 @@ class TcpV4:
         self._timers[conn] = timer
         conn.on_output = lambda c=conn: self.process(c)
         conn.gso_max = lambda: self.offload()[1]
+        conn.tfo = self.fastopen
+        conn.metrics = self.metrics
+        conn.mem_account = self.mem
+        self._wfree[conn] = lambda pkt, c=conn: self._tcp_wfree(c, pkt)
+        conn.challenge_limit = self.challenge_limit
 
     def _unhash(self, conn: TcpConnection) -> None:
         key = (conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
@@ -214,9 +263,17 @@ class TcpV4:
         timer = self._timers.pop(conn, None)
         if timer is not None:
             self.timers.mod_timer(timer, None)
+        self._wfree.pop(conn, None)
+        self._tsq_pending.pop(conn, None)
+        if conn.mem_account is not None:
+            # The socket's memory no longer counts against tcp_mem (sk_mem_reclaim).
+            conn.mem_account.charge(-conn._charged)
+            conn._charged = 0
+            conn.mem_account = None
         binding = self._conn_binding.pop(conn, None)
         if binding is not None and binding.released:
             self._remove_binding(binding)
+        self.limits.forget(conn)
 
     def _adopt(self, child: TcpConnection, listener: TcpListener) -> None:
         """A listener made a SYN-RECEIVED child: hash it; it shares the port."""
@@ -234,12 +291,17 @@ class TcpV4:
 
     # ---- ports --------------------------------------------------------------
 
-    def bind(self, addr: bytes, port: int, reuseaddr: bool) -> Binding:
-        """``inet_csk_get_port``: claim (addr, port); port 0 picks an ephemeral one."""
-        if addr not in (ANY, self.ipv4.addr):
+    def bind(self, addr: bytes, port: int, reuseaddr: bool,
+             flow: tuple[bytes, bytes, int] | None = None) -> Binding:
+        """``inet_csk_get_port``: claim (addr, port); port 0 picks an ephemeral one.
+
+        *flow* (source, destination, destination port) is given by connect:
+        the port then follows RFC 6056's double-hash (``__inet_hash_connect``).
+        """
+        if addr != ANY and addr not in self.ipv4.local_addrs:
             raise OSError(errno.EADDRNOTAVAIL, "cannot assign requested address")
         if port == 0:
-            port = ephemeral_port(self.sysctl, self.bhash)
+            port = ephemeral_port(self.sysctl, self.bhash, flow)
         for other in self.bhash.get(port, ()):
             if other.addr != addr and ANY not in (other.addr, addr):
                 continue
@@ -276,12 +338,14 @@ class TcpV4:
         *setup* applies socket options to the new connection before its SYN
         is built (the MSS and window it advertises depend on them).
         """
-        if self.ipv4.routes.lookup(daddr) is None:
+        route = self.ipv4.routes.lookup(daddr)
+        if route is None:
             self.stats.ip["OutNoRoutes"] += 1
             raise OSError(errno.ENETUNREACH, "network is unreachable")
         if binding is None:
-            binding = self.bind(ANY, 0, reuseaddr)
-        saddr = self.ipv4.addr if binding.addr == ANY else binding.addr
+            binding = self.bind(ANY, 0, reuseaddr, (route.src, daddr, dport))
+        # The route's preferred source (a VLAN sub-interface has its own).
+        saddr = route.src if binding.addr == ANY else binding.addr
         key = (saddr, binding.port, daddr, dport)
         if key in self.ehash:
             raise OSError(errno.EADDRNOTAVAIL, "4-tuple already in use")
@@ -307,6 +371,7 @@ class TcpV4:
                                self.mss)
         binding.listening = True
         listener.isn = self.isn
+        listener.enable_fastopen(self.fastopen)
         self.listeners[binding.port] = listener
         return listener
 

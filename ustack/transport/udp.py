@@ -87,7 +87,7 @@ class Udp:
         """``udp_v4_get_port``: bind, choosing an ephemeral port for 0."""
         if sock.local is not None:
             raise OSError(errno.EINVAL, "socket is already bound")
-        if addr not in (ANY, self.ipv4.addr, LIMITED_BROADCAST):
+        if addr not in (ANY, LIMITED_BROADCAST) and addr not in self.ipv4.local_addrs:
             raise OSError(errno.EADDRNOTAVAIL, "cannot assign requested address")
         if port == 0:
             port = ephemeral_port(self.sysctl, self.ports)
@@ -161,7 +161,7 @@ class Udp:
                 return
         sock = self.lookup(saddr, sport, daddr, dport)
         if sock is None:
-            if daddr in (LIMITED_BROADCAST, self.ipv4.broadcast):
+            if daddr == LIMITED_BROADCAST or daddr in self.ipv4.broadcasts:
                 udp["IgnoredMulti"] += 1
                 return
             udp["NoPorts"] += 1
@@ -212,7 +212,11 @@ class Udp:
         if sock.local is None:
             self.bind(sock, ANY, 0)
         assert sock.local is not None
-        saddr = sock.local[0] if sock.local[0] not in (ANY, LIMITED_BROADCAST) else self.ipv4.addr
+        saddr = sock.local[0]
+        if saddr in (ANY, LIMITED_BROADCAST):
+            # The route's preferred source (a VLAN sub-interface has its own).
+            route = self.ipv4.routes.lookup(daddr)
+            saddr = route.src if route is not None else self.ipv4.addr
         ulen = UDP_HLEN + len(data)
         pkt = Packet.alloc(data)
         off = pkt.push(UDP_HLEN)

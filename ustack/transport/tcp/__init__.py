@@ -4,7 +4,7 @@ Modules, named after their kernel counterparts:
 
 - ``seq``: modulo-2**32 ``before``/``after``/``between``.
 - ``options``: ``TcpOptions``, ``parse_options`` (MSS, window scale,
-  SACK-permitted, SACK, timestamps).
+  SACK-permitted, SACK, timestamps, Fast Open cookie).
 - ``header``: flag constants, ``Segment``, ``parse_segment``,
   ``build_segment``, ``tcp_checksum_ok``.
 - ``state``: ``TcpState`` (kernel names and numbers).
@@ -12,7 +12,14 @@ Modules, named after their kernel counterparts:
   (tcp_output.c, ``rst_for``), ``timers`` (tcp_timer.c), ``reassembly``
   (the out-of-order queue), ``congestion`` (pluggable like tcp_congestion_ops:
   ``reno`` with byte counting, ``cubic`` (RFC 9438) with HyStart, the default).
-- ``listen``: ``TcpListener`` (SYN queue, accept queue).
+- ``sack`` (the sender's SACK scoreboard) and ``recovery``
+  (``tcp_fastretrans_alert``: RFC 6675 SACK recovery, NewReno, limited
+  transmit, D-SACK, undo of spurious retransmissions and timeouts).
+- ``listen``: ``TcpListener`` (SYN queue, accept queue, Fast Open queue).
+- ``mem``: truesize accounting (rmem/wmem, tcp_mem), window from free space,
+  receive autotuning (``tcp_rcv_space_adjust``), TCP Small Queues.
+- ``fastopen`` (tcp_fastopen.c: keys, cookies, blackhole state) and
+  ``metrics`` (tcp_metrics.c: the client's per-destination cookie cache).
 
 How the glue drives it
 ======================
@@ -82,15 +89,15 @@ Readiness: ``state``, ``error``, ``readable_bytes``, ``eof``,
 ``send_space``; ``wakeup()`` is called whenever any of these may have
 changed. Options: ``nodelay``/``cork`` (set via ``set_nodelay``/``set_cork``),
 ``keepalive`` (property), ``keepidle``, ``keepintvl`` (seconds),
-``keepcnt``, ``sndbuf``/``rcvbuf`` (bytes of payload; set ``sndbuf_locked``
-when the user sets SO_SNDBUF to stop autotuning). ``info()`` is TCP_INFO.
+``keepcnt``, ``sndbuf``/``rcvbuf`` (bytes of truesize, mem.py; set
+``sndbuf_locked`` when the user sets SO_SNDBUF, ``set_rcvbuf`` for SO_RCVBUF,
+to stop autotuning), ``notsent_lowat``. ``info()`` is TCP_INFO.
 
-Not done yet: a SACK scoreboard on the sending side (SACK blocks are sent as
-a receiver but ignored as a sender: recovery is NewReno), URG (urgent data is
-delivered inline), ECN, receive-buffer autotuning, SYN cookies, Fast Open,
-undo of spurious retransmissions, PMTU changes, the RFC 5961 challenge-ACK
-rate limit, TCP_USER_TIMEOUT and SO_LINGER. ``size_goal`` grows to whole MSS
-up to ``gso_max`` (set by the glue from the device) for TSO/GSO.
+Not done yet: RACK-TLP and tail loss probes, PRR (recovery uses RFC 6675's
+cwnd = ssthresh), F-RTO for non-SACK peers, URG (urgent data is delivered
+inline), ECN, SYN cookies, PMTU changes, TCP_USER_TIMEOUT and SO_LINGER.
+``size_goal`` grows to whole MSS up to ``gso_max`` (set by the glue from the
+device) for TSO/GSO.
 """
 
 from . import congestion

@@ -19,11 +19,16 @@ from ustack.stats import Stats
 from ustack.sysctl import Sysctl
 
 from . import congestion
+from .fastopen import TFO_CLIENT_NO_COOKIE, TFO_COOKIE_UNAVAILABLE, FastOpen
 from .header import Segment
 from .input import TCP_ATO_MIN, TcpInput
+from .mem import TcpMem
+from .metrics import TcpMetrics
 from .options import TCP_MAX_WSCALE
 from .output import TcpOutput
 from .reassembly import OfoQueue
+from .recovery import TcpRecovery
+from .secure import ChallengeAckLimit
 from .seq import after, seq_add, seq_sub
 from .state import TcpState
 from .timers import TCP_TIMEOUT_INIT, TCP_TIMEWAIT_LEN, TcpTimers
@@ -45,7 +50,7 @@ def _select_wscale(space: int) -> int:
     return wscale
 
 
-class TcpConnection(TcpInput, TcpOutput, TcpTimers):
+class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
     """One TCP connection, sans-IO.
 
     Every method that takes *now* may append segments to ``out`` and move
@@ -91,6 +96,10 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self.soft_error: int | None = None
         self.orphan = False
         self._wake = False
+        #: RFC 5961 / ACK-loop limits: when we last answered an out-of-window
+        #: segment, and the stack-wide challenge-ACK budget (set by the glue).
+        self.last_oow_ack_time: float | None = None
+        self.challenge_limit: ChallengeAckLimit | None = None
 
         self.mss = mss  # what we advertise (advmss)
         self.snd_mss = min(mss, 536)
@@ -122,6 +131,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self.rcv_wscale = _select_wscale(space) if sysctl["net.ipv4.tcp_window_scaling"] else 0
         self._rcvq = bytearray()
         self._ofo = OfoQueue()
+        self._mem_init(now)
         self._fin_seq: int | None = None
         self.fin_received = False
         self._shut_rd = False
@@ -147,6 +157,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self.dupacks = 0
         self.in_recovery = False
         self.recover = self.iss
+        self._recovery_init()
         congestion.init_transfer(self)
         # Delayed ACK (icsk_ack).
         self._ack_pending = False
@@ -174,6 +185,24 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self.bytes_acked = self.bytes_received = 0
         self.total_retrans = 0
         self.lost = 0
+        # TCP Fast Open (RFC 7413); the glue sets the stack's context and cookie cache.
+        self.tfo: FastOpen | None = None
+        self.metrics: TcpMetrics | None = None
+        #: TCP_FASTOPEN_CONNECT: connect() returns at once, the first send rides the SYN.
+        self.fastopen_connect = False
+        #: connect() was deferred until the first send (``defer_connect``).
+        self.defer_connect = False
+        #: What our first SYN carries: (cookie option or None, exp format, data bytes).
+        self._fastopen_req: tuple[bytes | None, bool, int] | None = None
+        self.syn_fastopen = self.syn_fastopen_exp = self.syn_fastopen_ch = False
+        self.syn_data = self.syn_data_acked = False
+        #: Why active Fast Open did not work (TCP_INFO tcpi_fastopen_client_fail).
+        self.fastopen_client_fail = 0
+        #: Passive Fast Open: accepted (and allowed to send) before the handshake ends.
+        self.fastopen_rsk = False
+        self._fastopen_listener: Any = None
+        #: The cookie our SYN-ACK carries, in the client's format.
+        self._synack_cookie: tuple[bytes, bool] | None = None
 
     def __repr__(self) -> str:
         return (f"<TcpConnection {self.local_port}->{self.remote_port} {self.state.name} "
@@ -182,7 +211,9 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
     # -- state helpers -------------------------------------------------------
 
     def state_can_send(self) -> bool:
-        return self.state in _SEND_STATES
+        # A passive Fast Open child may send in SYN-RECEIVED (tcp_passive_fastopen).
+        return self.state in _SEND_STATES or (self.fastopen_rsk
+                                              and self.state is TcpState.SYN_RECV)
 
     def state_is_syn(self) -> bool:
         return self.state in _SYN_STATES
@@ -230,6 +261,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         self._ofo.clear()
         if listener is not None:
             listener._child_closed(self)
+        self._fastopen_done()
         self._wake = True
 
     def _enter_time_wait(self, now: float) -> None:
@@ -247,11 +279,29 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
             self._set_state(TcpState.LAST_ACK)
 
     def _sndbuf_expand(self) -> None:
-        """Send-buffer autotuning: room for two congestion windows (``tcp_sndbuf_expand``)."""
-        if not self.sndbuf_locked:
-            want = min(2 * self.cwnd, self.sysctl["net.ipv4.tcp_wmem"][2])
-            if want > self.sndbuf:
-                self.sndbuf = want
+        """Send-buffer autotuning (``tcp_sndbuf_expand``): room for two congestion
+        windows of skbs (at least TCP_INIT_CWND), each MSS charged at its truesize
+        rounded to a power of two; not under memory pressure."""
+        if self.sndbuf_locked or (self.mem_account is not None and self.mem_account.pressure):
+            return
+        mss = max(self.snd_mss, 1)
+        per_mss = 1 << (mss + 320 + 576 - 1).bit_length()  # roundup_pow_of_two(SKB_TRUESIZE)
+        nr_segs = max(10, self.cwnd // mss)
+        want = min(2 * nr_segs * per_mss, self.sysctl["net.ipv4.tcp_wmem"][2])
+        if want > self.sndbuf:
+            self.sndbuf = want
+
+    def set_rcvbuf(self, size: int) -> None:
+        """SO_RCVBUF (already doubled): lock it against autotuning; before the SYN it
+        also bounds the window scale (``tcp_select_initial_window`` with window_clamp)."""
+        self.rcvbuf = size
+        self.rcvbuf_locked = True
+        self.window_clamp = self.win_from_space(size)
+        if self.state in (TcpState.CLOSED, TcpState.LISTEN) and self.rcv_wscale:
+            rmem = self.sysctl
+            space = max(rmem["net.ipv4.tcp_rmem"][2], rmem["net.core.rmem_max"])
+            self.rcv_wscale = _select_wscale(min(space, self.window_clamp))
+        self._wake = True
 
     def _flush_wakeup(self) -> None:
         if self._wake:
@@ -291,10 +341,12 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
 
     @property
     def send_space(self) -> int:
-        """Free send-buffer bytes; 0 once sending is no longer possible."""
+        """Free send-buffer bytes (truesize); 0 when full or sending is no longer possible."""
         if self._shut_wr or (self.state not in _SEND_STATES and not self.state_is_syn()):
             return 0
-        return max(self.sndbuf - len(self._sndq), 0)
+        if not self.stream_memory_free():
+            return 0
+        return max(self.sndbuf - self.wmem_queued, 0)
 
     @property
     def keepalive(self) -> bool:
@@ -309,26 +361,94 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
     # -- user calls (RFC 9293 3.10) -------------------------------------------
 
     def connect(self, now: float) -> None:
-        """Active OPEN: send a SYN (``tcp_connect``); counts ActiveOpens."""
+        """Active OPEN: send a SYN (``tcp_connect``); counts ActiveOpens.
+
+        With TCP_FASTOPEN_CONNECT and a usable cookie (or the no-cookie
+        mode) nothing goes out yet: the SYN waits for the first send and
+        carries its data (``tcp_fastopen_defer_connect``). Without a cookie
+        the SYN asks for one.
+        """
         if self.state is not TcpState.CLOSED or self.snd_max != self.iss:
             raise OSError(errno.EISCONN, os.strerror(errno.EISCONN))
-        self.stats.tcp["ActiveOpens"] += 1
         self._set_state(TcpState.SYN_SENT)
         self._last_data_recv = now
-        self._send_syn(now)
+        if self.fastopen_connect and self._fastopen_cookie_check(now):
+            self.defer_connect = True
+        else:
+            self._tcp_connect(now)
         self._user_done()
 
-    def open_passive(self, syn: Segment, now: float) -> None:
-        """Become the SYN-RECEIVED child of a listener for the SYN *syn*; send the SYN-ACK."""
+    def _tcp_connect(self, now: float) -> None:
+        self.defer_connect = False
+        self.stats.tcp["ActiveOpens"] += 1
+        self._send_syn(now)
+
+    def _fastopen_cookie_check(self, now: float) -> bool:
+        """May our SYN carry data? Prepares what it carries (``tcp_fastopen_cookie_check``)."""
+        tfo, metrics = self.tfo, self.metrics
+        if tfo is None or metrics is None:
+            return False
+        mss, cookie, exp = metrics.fastopen_get(self.remote_ip)
+        # tcp_send_syn_data: room for data in the SYN beside the largest option space.
+        space = min(self.mss, mss or self.mss) - 40
+        if tfo.active_should_disable(now):
+            # A blackhole was seen lately: a plain SYN, not even a cookie request.
+            return False
+        self.syn_fastopen_ch = tfo.disable_times > 0
+        if tfo.mode & TFO_CLIENT_NO_COOKIE:
+            self._fastopen_req = (None, False, space)
+            return True
+        if cookie:
+            self._fastopen_req = (cookie, exp, space)
+            return True
+        self.fastopen_client_fail = TFO_COOKIE_UNAVAILABLE
+        self._fastopen_req = (b"", exp, 0)
+        return False
+
+    def open_passive(self, syn: Segment, now: float,
+                     synack_cookie: tuple[bytes, bool] | None = None,
+                     fastopen: bool = False) -> None:
+        """Become the SYN-RECEIVED child of a listener for the SYN *syn*; send the SYN-ACK.
+
+        *synack_cookie* is the Fast Open cookie (and format) the SYN-ACK
+        carries. With *fastopen* the SYN's data is accepted now and the
+        SYN-ACK acknowledges it (``tcp_fastopen_create_child``).
+        """
         self.irs = syn.seq
         self.rcv_nxt = self.rcv_wup = seq_add(syn.seq, 1)
-        self.rcv_wnd = min(self.rcvbuf, 65535)
+        self.rcv_wnd = min(self.win_from_space(self.rcvbuf), 65535)
         self._negotiate(syn)
         self.snd_wnd = self.max_window = syn.window
         self.snd_wl1 = syn.seq
         self.last_rcv = self._last_data_recv = now
         self._set_state(TcpState.SYN_RECV)
+        self._synack_cookie = synack_cookie
+        if fastopen:
+            self.fastopen_rsk = True
+            self._fastopen_add_skb(syn)
         self._send_syn(now)
+
+    def _fastopen_add_skb(self, syn: Segment) -> None:
+        """Queue the data of a Fast Open SYN for the application (``tcp_fastopen_add_skb``).
+
+        A FIN in the SYN is not taken: the SYN-ACK does not acknowledge it,
+        so the client sends it again after the handshake.
+        """
+        n = len(syn.payload)
+        if not n:
+            return
+        self._rcvq_append(syn.payload)
+        self.rcv_nxt = seq_add(self.rcv_nxt, n)
+        self.bytes_received += n
+        self.syn_data_acked = True
+        self._wake = True
+
+    def _fastopen_done(self) -> None:
+        """The passive Fast Open child left SYN-RECEIVED (``reqsk_fastopen_remove``)."""
+        listener = self._fastopen_listener
+        if listener is not None:
+            self._fastopen_listener = None
+            listener._fastopen_remove()
 
     def _check_send(self) -> None:
         if self._shut_wr or (self.state not in _SEND_STATES and not self.state_is_syn()):
@@ -344,13 +464,18 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         Data queued before the handshake completes is sent after it.
         """
         self._check_send()
-        n = min(len(data), self.sndbuf - len(self._sndq))
+        # sk_stream_memory_free: room in sndbuf (truesize) and under the notsent mark.
+        n = min(len(data), self.send_space)
         if n <= 0:
             return 0
         if self.snd_una == self.snd_max and not self._sndq:
             # Sending restarts on an empty pipe (tcp_event_data_sent, CA_EVENT_TX_START).
             self.ca.cwnd_event(self, congestion.CA_EVENT_TX_START, now)
         self._sndq += data[:n] if n < len(data) else data
+        self._mem_update()
+        if self.defer_connect:
+            # The deferred Fast Open connect: this data rides the SYN (tcp_sendmsg_fastopen).
+            self._tcp_connect(now)
         self._write_xmit(now)
         self._user_done()
         return n
@@ -372,10 +497,14 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
         data = bytes(q[:n])
         del q[:n]
+        self._rcvq_consumed(len(data))
+        self._rcv_space_adjust(now)
         if self.state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2):
+            # tcp_cleanup_rbuf: a read that at least doubles the window is announced now.
             cur = seq_sub(seq_add(self.rcv_wup, self.rcv_wnd), self.rcv_nxt)
-            free = self.rcvbuf - len(q) - self._ofo.nbytes
-            if 2 * cur <= self.rcvbuf and free >= 2 * cur and free - cur >= self.rcv_mss:
+            clamp = self.window_clamp or self.win_from_space(self.rcvbuf)
+            free = self.win_from_space(self.rcvbuf - self.rmem_alloc)
+            if 2 * cur <= clamp and free >= 2 * cur and free - cur >= self.rcv_mss:
                 self._send_ack(now)
         self._user_done()
         return data
@@ -412,7 +541,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         elif self._rcvq:
             # RFC 2525 2.17: closing with unread data resets (TCPAbortOnClose).
             self.stats.tcpext["TCPAbortOnClose"] += 1
-            self._rcvq.clear()
+            self._rcvq_purge()
             if state in _RST_ON_ABORT:
                 self._send_rst(now)
             self._done(None)
@@ -432,7 +561,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
         """ABORT: send RST if the peer knows us and drop everything (``tcp_disconnect``)."""
         if self.state in _RST_ON_ABORT:
             self._send_rst(now)
-        self._rcvq.clear()
+        self._rcvq_purge()
         self._sndq.clear()
         self._shut_wr = self._shut_rd = True
         self.orphan = True
@@ -505,6 +634,17 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers):
             "send_q": len(self._sndq),
             "sndbuf": self.sndbuf,
             "rcvbuf": self.rcvbuf,
+            "rmem_alloc": self.rmem_alloc,
+            "wmem_queued": self.wmem_queued,
+            "notsent": self.notsent_bytes(),
+            "rcv_space": self.rcvq_space,
+            "rcv_rtt": round(self.rcv_rtt * 1000, 3),
+            "window_clamp": self.window_clamp,
+            "wmem_alloc": self.wmem_alloc,
+            "tsq_throttled": self.tsq_throttled,
             "ato": round(self.ato * 1000, 3),
             "ca": self.ca.name,
+            # TCPI_OPT_SYN_DATA: our SYN's data (client) or the peer's (server) was taken.
+            "syn_data_acked": self.syn_data_acked,
+            "fastopen_client_fail": self.fastopen_client_fail,
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 
 from . import congestion
+from .fastopen import TFO_DATA_NOT_ACKED, TFO_SYN_RETRANSMITTED
 from .header import ACK, FIN, RST, SYN, Segment
 from .output import rst_for
 from .seq import after, before, between, seq_add, seq_sub
@@ -115,15 +116,18 @@ class TcpInput:
             return
         self.irs = seg.seq
         self.rcv_nxt = self.rcv_wup = seq_add(seg.seq, 1)
-        self.rcv_wnd = min(self.rcvbuf, 65535)
+        self.rcv_wnd = min(self.win_from_space(self.rcvbuf), 65535)
         self._negotiate(seg)
         self.snd_wnd = self.max_window = seg.window
         self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
         if flags & ACK:
             self._ack_rtt_sample(seg, seq_add(self.iss, 1), now)
             self.snd_una = seg.ack
+            self._syn_data_acked(seg.ack)
             self._rto_at = None
             self.retransmits = self.backoff = 0
+            if self.syn_fastopen or self.syn_data:
+                self._rcv_fastopen_synack(seg, now)
             self._set_state(TcpState.ESTABLISHED)
             self._enter_quickack()
             if seg.payload or flags & FIN:
@@ -134,6 +138,54 @@ class TcpInput:
             # Simultaneous open: SYN-RECEIVED, answer with SYN-ACK.
             self._set_state(TcpState.SYN_RECV)
             self._send_syn(now)
+
+    def _syn_data_acked(self, ack: int) -> None:
+        """Free the send-queue bytes the handshake's ACK covered (SYN data, TFO child data)."""
+        n = seq_sub(ack, self._sndq_seq)
+        if n > 0:
+            n = min(n, len(self._sndq))
+            del self._sndq[:n]
+            self._sndq_seq = seq_add(self._sndq_seq, n)
+            self.bytes_acked += n
+            self._wake = True
+
+    def _rcv_fastopen_synack(self, synack: Segment, now: float) -> None:
+        """The SYN-ACK of an active Fast Open (``tcp_rcv_fastopen_synack``).
+
+        Caches the server's cookie and MSS for the destination; when the
+        SYN's data was not acknowledged, counts TCPFastOpenActiveFail and
+        sends the data again at once, else TCPFastOpenActive.
+        """
+        opts = synack.options
+        cookie = opts.fastopen if opts is not None and opts.fastopen else None
+        exp = bool(cookie) and opts.fastopen_exp
+        data_lost = self.syn_data and before(self.snd_una, self.snd_max)
+        syn_drop = False
+        try_exp = 0
+        if not self.syn_fastopen:
+            cookie = None  # an unsolicited cookie is ignored
+        elif self.total_retrans:
+            # The SYN timed out and the SYN-ACK neither has a cookie nor acks
+            # the data: the server presumably saw only our plain SYN retries.
+            syn_drop = cookie is None and data_lost
+        elif cookie is None and not self.syn_data:
+            # We asked for a cookie and got none: try the other option format next.
+            try_exp = 2 if self.syn_fastopen_exp else 1
+        if self.metrics is not None:
+            self.metrics.fastopen_set(self.remote_ip, opts.mss if opts and opts.mss else 0,
+                                      cookie, exp, syn_drop, try_exp, now)
+        if data_lost:
+            self.fastopen_client_fail = (TFO_SYN_RETRANSMITTED if self.total_retrans
+                                         else TFO_DATA_NOT_ACKED)
+            # tcp_non_congestion_loss_retransmit: resend the data without a cwnd cut.
+            self.snd_nxt = self.snd_una
+            self.stats.tcpext["TCPFastOpenActiveFail"] += 1
+            return
+        self.syn_data_acked = self.syn_data
+        if self.syn_data_acked:
+            self.stats.tcpext["TCPFastOpenActive"] += 1
+            if self.syn_fastopen_ch and self.tfo is not None:
+                self.tfo.active_reenable()
 
     # -- synchronized states ------------------------------------------------
 
@@ -151,7 +203,11 @@ class TcpInput:
                 and before(opts.ts_val, self.ts_recent)):
             # PAWS, RFC 7323 5.3 (tcp_paws_discard): an old duplicate.
             self.stats.tcpext["PAWSEstab"] += 1
-            self._send_ack(now)
+            if seg.payload and before(seq, self.rcv_nxt):
+                # tcp_send_dupack: an old duplicate is reported as a D-SACK (RFC 2883).
+                self._dsack_set(seq, seq_add(seq, min(len(seg.payload),
+                                                      seq_sub(self.rcv_nxt, seq))))
+            self._send_dupack_oow(seg, now, "TCPACKSkippedPAWS")
             return
         # First: the acceptability test (tcp_sequence / RFC 9293 table).
         plen = len(seg.payload)
@@ -166,15 +222,30 @@ class TcpInput:
             ok = (0 <= rel < wnd) or (0 <= rel + seg_len - 1 < wnd)
         if not ok:
             if flags & RST:
+                # Out of window: ignored (RFC 5961 3.2), counted as a drop reason.
+                self.stats.drop("TCP_INVALID_SEQUENCE")
+                return
+            if flags & SYN and state is not TcpState.TIME_WAIT:
+                # RFC 5961 4.2: any SYN in a synchronized state is challenged
+                # (tcp_validate_incoming -> syn_challenge).
+                self.stats.tcpext["TCPSYNChallenge"] += 1
+                self._send_challenge_ack(now)
                 return
             if state is TcpState.TIME_WAIT and flags & FIN:
-                # A retransmitted FIN: ACK it and restart 2 MSL (tcp_timewait_state_process).
+                # A retransmitted FIN: ACK it and restart 2 MSL (tcp_timewait_state_process),
+                # whatever the out-of-window ACK limit says (TCP_TW_ACK is not limited).
                 self._tw_at = now + self.TCP_TIMEWAIT_LEN
+                self._send_ack(now)
+                return
             if wnd <= 0 and rel == 0 and not flags & SYN and flags & ACK:
                 # RFC 9293: with a zero window still process the ACK (and RST/URG).
                 self._tcp_ack(seg, now)
                 self._after_input(now)
-            self._send_ack(now)
+            if plen and before(seq, self.rcv_nxt):
+                # tcp_send_dupack: report the old duplicate as a D-SACK (RFC 2883).
+                self._dsack_set(seq, seq_add(seq, plen))
+            self._send_dupack_oow(seg, now, "TCPACKSkippedTimeWait"
+                                  if state is TcpState.TIME_WAIT else "TCPACKSkippedSeq")
             return
         # Second: RST (RFC 5961 3.2: exact match resets, in-window challenges).
         if flags & RST:
@@ -185,10 +256,12 @@ class TcpInput:
             return
         # Fourth: SYN in a synchronized state (RFC 5961 4).
         if flags & SYN:
+            self.stats.tcpext["TCPSYNChallenge"] += 1
             self._send_challenge_ack(now)
             return
         # Fifth: the ACK field.
         if not flags & ACK:
+            self.stats.drop("TCP_FLAGS")
             return
         if state is TcpState.SYN_RECV:
             if not between(seg.ack, seq_add(self.snd_una, 1), self.snd_max):
@@ -200,8 +273,11 @@ class TcpInput:
             self.snd_wl1, self.snd_wl2 = seq, seg.ack
             self._ack_rtt_sample(seg, seg.ack, now)
             self.snd_una = seg.ack
-            self._rto_at = None
+            # A Fast Open child may have sent data already; some may be unacked.
+            self._syn_data_acked(seg.ack)
+            self._rto_at = None if seg.ack == self.snd_max else now + self.rto
             self.retransmits = self.backoff = 0
+            self._fastopen_done()
             self._set_state(TcpState.ESTABLISHED)
             if self.listener is not None:
                 self.stats.tcp["PassiveOpens"] += 1
@@ -226,6 +302,9 @@ class TcpInput:
         if (self.ts_ok and opts is not None and opts.ts_val is not None
                 and not after(seq, self.rcv_wup)):
             self.ts_recent = opts.ts_val
+            if plen >= self.rcv_mss and opts.ts_ecr:
+                # tcp_rcv_rtt_measure_ts: the receiver's RTT, for autotuning.
+                self._rcv_rtt_sample(opts.ts_ecr, now)
         # Seventh and eighth: data and FIN. After the peer's FIN (CLOSE-WAIT and
         # later) text is ignored; a retransmitted FIN fails the acceptability test.
         if (plen or flags & FIN) and state in _DATA_STATES:
@@ -269,10 +348,19 @@ class TcpInput:
         ack = seg.ack
         snd_una = self.snd_una
         if after(ack, self.snd_max):
-            # Acknowledges something not yet sent: ACK and drop.
-            self._send_ack(now)
+            # Acknowledges something not yet sent: drop it (tcp_ack); outside
+            # ESTABLISHED answer with a challenge ACK (tcp_rcv_state_process,
+            # RFC 5961 5.2), rate limited so two confused ends cannot loop.
+            if self.state is not TcpState.ESTABLISHED:
+                self._send_challenge_ack(now)
             return False
         if before(ack, snd_una):
+            # RFC 5961 5.2: an ACK older than what the peer may still hold
+            # (SND.UNA - MAX.SND.WND, never below what was sent) is a blind
+            # injection: challenge it and drop the segment.
+            if before(ack, seq_add(snd_una, -min(self.max_window, self.bytes_acked))):
+                self._send_challenge_ack(now)
+                return False
             # An old duplicate ACK: ignore it, keep the data (RFC 9293).
             return True
         self.probes_out = 0
@@ -291,16 +379,21 @@ class TcpInput:
         acked = seq_sub(ack, snd_una)
         if not seg.payload:
             self.stats.tcpext["TCPPureAcks"] += 1
+        flag = 0
+        opts = seg.options
+        if self.sack_ok and opts is not None and opts.sack:
+            flag = self._sacktag(opts.sack, ack, snd_una)
+        prior_in_flight = seq_sub(self.snd_nxt, snd_una)
         if acked == 0:
             # RFC 5681 2: a duplicate ACK carries no data and no window change.
-            if (not seg.payload and not seg.flags & (SYN | FIN) and not wnd_changed
-                    and self.snd_nxt != snd_una):
-                self._dupack(now)
+            dup = (not seg.payload and not seg.flags & (SYN | FIN) and not wnd_changed
+                   and self.snd_nxt != snd_una)
+            if dup or flag:
+                self._fastretrans_alert(seg, flag, 0, dup, prior_in_flight, now)
             return True
         rtt = None
         if self.ts_ok or self._rtt_seq is not None:
             rtt = self._ack_rtt_sample(seg, ack, now)
-        prior_in_flight = seq_sub(self.snd_nxt, snd_una)
         # tcp_clean_rtx_queue: free acknowledged bytes of the send queue.
         data_acked = seq_sub(ack, self._sndq_seq)
         if data_acked > 0:
@@ -318,40 +411,10 @@ class TcpInput:
         self.dupacks = 0
         # tcp_clean_rtx_queue -> ca pkts_acked, with the RTT sample.
         self.ca.pkts_acked(self, acked, rtt, now)
-        if self.ca.ca_state == congestion.CA_LOSS and not before(ack, self.recover):
-            self.ca.set_state(self, congestion.CA_OPEN)
-        if self.in_recovery:
-            if not before(ack, self.recover):
-                # Full ACK: leave recovery (RFC 6582 3.2 step 3).
-                self.in_recovery = False
-                self.ca.set_state(self, congestion.CA_OPEN)
-                self.cwnd = min(self.ssthresh, self.flight_size() + self.snd_mss)
-            else:
-                # Partial ACK: resend the next hole, deflate (RFC 6582 3.2 step 4).
-                self._retransmit_head(now)
-                self.cwnd = max(self.cwnd - acked + self.snd_mss, self.snd_mss)
-        elif prior_in_flight * 2 >= self.cwnd:
-            # Grow only while cwnd limits us (tcp_is_cwnd_limited).
-            self.ca.cong_avoid(self, acked, now)
-            self._sndbuf_expand()
         self._rto_at = None if self.snd_una == self.snd_max else now + self.rto
+        # tcp_fastretrans_alert (recovery.py): recovery, undo, cwnd growth.
+        self._fastretrans_alert(seg, flag, acked, False, prior_in_flight, now)
         return True
-
-    def _dupack(self, now: float) -> None:
-        """Count a duplicate ACK; the third starts fast retransmit (RFC 5681 3.2, RFC 6582)."""
-        self.dupacks += 1
-        if self.in_recovery:
-            self.cwnd += self.snd_mss
-        elif self.dupacks == 3 and not before(self.snd_una, self.recover):
-            self.stats.tcpext["TCPRenoRecovery"] += 1
-            self.stats.tcpext["TCPFastRetrans"] += 1
-            self.ssthresh = self.ca.ssthresh(self)
-            self.ca.set_state(self, congestion.CA_RECOVERY)
-            self.recover = self.snd_max
-            self.in_recovery = True
-            self.lost += 1
-            self._retransmit_head(now)
-            self.cwnd = self.ssthresh + 3 * self.snd_mss
 
     def _tcp_reset(self) -> None:
         """The peer reset us (``tcp_reset``): the errno depends on the state."""
@@ -365,7 +428,8 @@ class TcpInput:
             self.stats.tcpext["TWKilled"] += 1
             self._done(None)
         else:
-            self._done(errno.ECONNREFUSED if state is TcpState.SYN_RECV else errno.ECONNRESET)
+            refused = state is TcpState.SYN_RECV and not self.fastopen_rsk
+            self._done(errno.ECONNREFUSED if refused else errno.ECONNRESET)
 
     # -- data and FIN --------------------------------------------------------
 
@@ -388,15 +452,24 @@ class TcpInput:
             if rel + n <= 0 and not (fin and rel + n == 0):
                 # Entirely old: a retransmission; ACK at once (tcp_send_dupack).
                 self.stats.tcpext["DelayedACKLost"] += 1
+                if n:
+                    self._dsack_set(seq, seq_add(seq, n))
                 self._ack_now = True
                 self._ack_pending = True
                 return
             if n + rel > 0:
+                if rel:
+                    # Partly old (tcp_data_queue): D-SACK the duplicate part.
+                    self._dsack_set(seq, rcv_nxt)
                 data = payload[-rel:] if rel else payload
+                if not self._rmem_schedule(len(data)):
+                    # No receive memory left: drop it, the peer resends (tcp_data_queue).
+                    self._ack_now = self._ack_pending = True
+                    return
                 if self._rcvq:
                     # Appended to data the user has not read yet (tcp_try_coalesce).
                     self.stats.tcpext["TCPRcvCoalesce"] += 1
-                self._rcvq += data
+                self._rcvq_append(data)
                 got = len(data)
                 self.rcv_nxt = seq_add(rcv_nxt, got)
                 self.bytes_received += got
@@ -410,9 +483,14 @@ class TcpInput:
                     self._ack_now = True
                 self._wake = True
         else:
-            if n:
+            if n and not self._rmem_schedule(n):
+                # tcp_data_queue_ofo: no memory for it even after pruning.
+                self.stats.tcpext["TCPOFODrop"] += 1
+            elif n:
                 self.stats.tcpext["TCPOFOQueue"] += 1
-                self._ofo.insert(rcv_nxt, seq, payload)
+                if not self._ofo_insert(rcv_nxt, seq, payload):
+                    # All of it was already held (tcp_data_queue_ofo): D-SACK it.
+                    self._dsack_set(seq, seq_add(seq, n))
             # RFC 5681 4.2: out-of-order data is answered by an immediate duplicate ACK.
             self._enter_quickack()
             self._ack_now = True
@@ -424,7 +502,7 @@ class TcpInput:
         """Move data that became in-order from the out-of-order queue (``tcp_ofo_queue``)."""
         data = self._ofo.pop_ready(self.rcv_nxt)
         while data is not None:
-            self._rcvq += data
+            self._rcvq_append(data, self._ofo_uncharge(len(data)))
             self.rcv_nxt = seq_add(self.rcv_nxt, len(data))
             self.bytes_received += len(data)
             data = self._ofo.pop_ready(self.rcv_nxt)

@@ -10,6 +10,12 @@ the child's handshake completes it moves to the accept queue, or, if that is
 full, its final ACK is dropped (ListenOverflows, ListenDrops) and it keeps
 retransmitting SYN-ACKs as the kernel does with tcp_abort_on_overflow = 0.
 SYN cookies are a later issue: with a full SYN queue a SYN is dropped.
+
+Fast Open (RFC 7413, ``tcp_try_fastopen``): on a listener with a Fast Open
+queue (TCP_FASTOPEN, or every listener with tcp_fastopen bit 0x400), a SYN
+with a valid cookie creates a child that takes the SYN's data, acknowledges
+it in the SYN-ACK and goes straight to the accept queue; a cookie request
+is answered with a cookie in the SYN-ACK.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ from ustack.stats import Stats
 from ustack.sysctl import Sysctl
 
 from .connection import TcpConnection
+from .fastopen import (
+    TFO_SERVER_COOKIE_NOT_REQD,
+    TFO_SERVER_ENABLE,
+    TFO_SERVER_WO_SOCKOPT1,
+    FastOpen,
+)
 from .header import ACK, RST, SYN, Segment
 from .output import rst_for
 from .state import TcpState
@@ -52,11 +64,32 @@ class TcpListener:
         self.isn: Callable[[bytes, int, bytes, int], int] | None = None
         self._syn_queue: set[TcpConnection] = set()
         self._accept_queue: deque[TcpConnection] = deque()
+        #: The stack's Fast Open context (set by the glue); None disables Fast Open.
+        self.tfo: FastOpen | None = None
+        #: Fast Open children not yet past the handshake, and their limit
+        #: (``fastopenq.qlen`` / ``max_qlen``; 0 means Fast Open is off here).
+        self.fastopen_qlen = 0
+        self.fastopen_max_qlen = 0
         self.listen(backlog)
 
     def listen(self, backlog: int) -> None:
         """(Re)set the backlog; capped by net.core.somaxconn like ``__sys_listen``."""
         self.backlog = max(0, min(backlog, self.sysctl["net.core.somaxconn"]))
+
+    def enable_fastopen(self, tfo: FastOpen) -> None:
+        """Attach the stack's Fast Open context (``inet_listen``): with tcp_fastopen
+        bits 0x400 and 0x2 every listener gets a Fast Open queue of its backlog."""
+        self.tfo = tfo
+        mode = tfo.mode
+        if (mode & TFO_SERVER_WO_SOCKOPT1 and mode & TFO_SERVER_ENABLE
+                and not self.fastopen_max_qlen):
+            self.fastopen_queue_tune(self.backlog)
+
+    def fastopen_queue_tune(self, qlen: int) -> None:
+        """TCP_FASTOPEN: the Fast Open queue length, capped by somaxconn."""
+        self.fastopen_max_qlen = max(0, min(qlen, self.sysctl["net.core.somaxconn"]))
+        if self.tfo is not None and self.fastopen_max_qlen:
+            self.tfo.init_key_once()
 
     @property
     def syn_queue_len(self) -> int:
@@ -114,14 +147,74 @@ class TcpListener:
         if self.sndbuf is not None:
             child.sndbuf, child.sndbuf_locked = self.sndbuf, True
         if self.rcvbuf is not None:
-            child.rcvbuf = self.rcvbuf
+            child.set_rcvbuf(self.rcvbuf)
         child.nodelay = self.nodelay
         child.listener = self
-        child.open_passive(seg, now)
+        fastopen, synack_cookie = self._try_fastopen(seg, remote_ip, lip)
+        child.open_passive(seg, now, synack_cookie, fastopen)
         if self.keepalive:
             child.keepalive = True
-        self._syn_queue.add(child)
+        if fastopen:
+            # tcp_conn_request: a Fast Open child goes straight to the accept queue.
+            ext["TCPFastOpenPassive"] += 1
+            self.stats.tcp["PassiveOpens"] += 1
+            self.fastopen_qlen += 1
+            child.listener = None
+            child._fastopen_listener = self
+            self._accept_queue.append(child)
+            if self.wakeup is not None:
+                self.wakeup()
+        else:
+            self._syn_queue.add(child)
         return child
+
+    def _fastopen_queue_check(self) -> bool:
+        """``tcp_fastopen_queue_check``: Fast Open on, and its queue not full."""
+        if not self.fastopen_max_qlen:
+            return False
+        if self.fastopen_qlen >= self.fastopen_max_qlen:
+            self.stats.tcpext["TCPFastOpenListenOverflow"] += 1
+            return False
+        return True
+
+    def _try_fastopen(self, syn: Segment, client: bytes,
+                      server: bytes) -> tuple[bool, tuple[bytes, bool] | None]:
+        """``tcp_try_fastopen``: (take the SYN's data?, the cookie for the SYN-ACK or None)."""
+        tfo = self.tfo
+        if tfo is None:
+            return False, None
+        opts = syn.options
+        foc = opts.fastopen if opts is not None else None
+        exp = foc is not None and opts.fastopen_exp
+        ext = self.stats.tcpext
+        if foc == b"":
+            ext["TCPFastOpenCookieReqd"] += 1
+        mode = tfo.mode
+        if not (mode & TFO_SERVER_ENABLE and (syn.payload or foc is not None)
+                and self._fastopen_queue_check()):
+            return False, None
+        if mode & TFO_SERVER_COOKIE_NOT_REQD:
+            return True, None
+        if foc is None:
+            return False, None  # data without a cookie: a normal handshake
+        valid = tfo.cookie_gen(client, server)
+        if foc == b"":
+            return False, (valid, exp)
+        ret = tfo.cookie_check(foc, client, server)
+        if ret == 0:
+            # A wrong cookie: no data taken, the SYN-ACK brings a valid one.
+            ext["TCPFastOpenPassiveFail"] += 1
+            return False, (valid, exp)
+        if ret == 2:
+            # Valid under the backup key: hand out the primary key's cookie.
+            ext["TCPFastOpenPassiveAltKey"] += 1
+            return True, (valid, exp)
+        return True, None
+
+    def _fastopen_remove(self) -> None:
+        """A Fast Open child completed its handshake or died (``reqsk_fastopen_remove``)."""
+        if self.fastopen_qlen:
+            self.fastopen_qlen -= 1
 
     def accept(self) -> TcpConnection | None:
         """The oldest fully established connection, or None."""

@@ -1,4 +1,4 @@
-"""TCP options: MSS, window scale, SACK-permitted, SACK, timestamps.
+"""TCP options: MSS, window scale, SACK-permitted, SACK, timestamps, Fast Open.
 
 Parsing follows ``tcp_parse_options`` (net/ipv4/tcp_input.c): EOL ends the
 list, NOP is skipped, unknown kinds are skipped by their length, and a length
@@ -20,6 +20,13 @@ OPT_WSCALE = 3
 OPT_SACK_PERM = 4
 OPT_SACK = 5
 OPT_TIMESTAMP = 8
+# RFC 7413 4.1.1: the Fast Open cookie option, and its pre-RFC experimental
+# form (RFC 6994: kind 254 with the 16-bit magic 0xF989).
+OPT_FASTOPEN = 34
+OPT_EXP = 254
+TCPOPT_FASTOPEN_MAGIC = 0xF989
+TCP_FASTOPEN_COOKIE_MIN = 4
+TCP_FASTOPEN_COOKIE_MAX = 16
 
 # RFC 7323 section 2.3: shift counts above 14 are used as 14.
 TCP_MAX_WSCALE = 14
@@ -33,7 +40,8 @@ _unpack_ts = struct.Struct("!II").unpack_from
 class TcpOptions:
     """Decoded options of one segment; absent options are None / False."""
 
-    __slots__ = ("mss", "wscale", "sack_ok", "sack", "ts_val", "ts_ecr")
+    __slots__ = ("mss", "wscale", "sack_ok", "sack", "ts_val", "ts_ecr", "fastopen",
+                 "fastopen_exp")
 
     def __init__(
         self,
@@ -43,6 +51,8 @@ class TcpOptions:
         sack: list[tuple[int, int]] | None = None,
         ts_val: int | None = None,
         ts_ecr: int = 0,
+        fastopen: bytes | None = None,
+        fastopen_exp: bool = False,
     ) -> None:
         self.mss = mss
         self.wscale = wscale
@@ -50,6 +60,10 @@ class TcpOptions:
         self.sack = sack
         self.ts_val = ts_val
         self.ts_ecr = ts_ecr
+        #: Fast Open cookie: None when absent, b"" for a cookie request (RFC 7413 4.1.1).
+        self.fastopen = fastopen
+        #: The cookie came (or goes) in the experimental kind-254 format.
+        self.fastopen_exp = fastopen_exp
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TcpOptions):
@@ -83,6 +97,16 @@ class TcpOptions:
             out += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(self.sack))
             for start, end in self.sack:
                 out += struct.pack("!II", start, end)
+        if self.fastopen is not None:
+            # tcp_options_write: the cookie last, NOP-padded to a 4-byte boundary.
+            if self.fastopen_exp:
+                out += struct.pack("!BBH", OPT_EXP, 4 + len(self.fastopen),
+                                   TCPOPT_FASTOPEN_MAGIC)
+            else:
+                out += struct.pack("!BB", OPT_FASTOPEN, 2 + len(self.fastopen))
+            out += self.fastopen
+            if len(out) & 3 == 2:
+                out += b"\x01\x01"
         if len(out) & 3:
             out += b"\x00" * (4 - (len(out) & 3))
         if len(out) > 40:
@@ -121,5 +145,23 @@ def parse_options(data: bytes | bytearray | memoryview) -> TcpOptions | None:
         elif kind == OPT_SACK and size >= 10 and (size - 2) % 8 == 0:
             raw = struct.unpack_from(f"!{(size - 2) // 4}I", data, i + 2)
             opts.sack = list(zip(raw[0::2], raw[1::2], strict=True))
+        elif kind == OPT_FASTOPEN:
+            _parse_fastopen(opts, data[i + 2 : i + size], False)
+        elif kind == OPT_EXP and size >= 4 and (data[i + 2] << 8 | data[i + 3]) == \
+                TCPOPT_FASTOPEN_MAGIC:
+            _parse_fastopen(opts, data[i + 4 : i + size], True)
         i += size
     return opts
+
+
+def _parse_fastopen(opts: TcpOptions, cookie: bytes | bytearray | memoryview, exp: bool) -> None:
+    """``tcp_parse_fastopen_option``: an even length of 0 (a request) or 4..16 bytes.
+
+    Anything else is ignored, as if the option were absent. Whether the
+    segment is a SYN (where alone the option counts) is the caller's test.
+    """
+    n = len(cookie)
+    if n & 1 or (n and not TCP_FASTOPEN_COOKIE_MIN <= n <= TCP_FASTOPEN_COOKIE_MAX):
+        return
+    opts.fastopen = bytes(cookie)
+    opts.fastopen_exp = exp

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .header import ACK, FIN, PSH, RST, SYN, Segment
 from .options import TcpOptions
+from .secure import oow_rate_limited
 from .seq import SEQ_MASK, after, before, seq_add, seq_sub
 
 # Room kept for headers below TCP in a super-segment (include/net/tcp.h).
@@ -53,7 +54,9 @@ class TcpOutput:
         One MSS, unless the device takes super-segments (``gso_max``: TSO
         or GSO): then as many whole MSS as fit in gso_max less the headers
         (MAX_TCP_HEADER) and in half the largest window the peer offered
-        (``tcp_bound_to_half_wnd``).
+        (``tcp_bound_to_half_wnd``), and about a millisecond of the pacing
+        rate (``tcp_tso_autosize``): slow paths get small super-segments,
+        which keeps TCP Small Queues' two-skb minimum small too.
         """
         mss = self.snd_mss
         gso = self.gso_max()
@@ -62,6 +65,16 @@ class TcpOutput:
         goal = gso - 1 - MAX_TCP_HEADER
         if self.max_window > TCP_MSS_DEFAULT:
             goal = min(goal, self.max_window >> 1)
+        srtt = self.srtt
+        if srtt:
+            # tcp_tso_autosize: pacing_rate >> sk_pacing_shift, plus gso_max >> (rtt /
+            # 2**tcp_tso_rtt_log us) so low-RTT flows keep full super-segments;
+            # at least tcp_min_tso_segs (2). The kernel takes min_rtt; srtt here.
+            auto = int(self.pacing_rate() or 0) >> 10
+            r = int(srtt * 1e6) >> 9
+            if r < 32:
+                auto += gso >> r
+            goal = min(goal, max(auto, 2 * mss))
         return max(mss, goal - goal % mss)
 
     def flight_size(self) -> int:
@@ -79,17 +92,29 @@ class TcpOutput:
         cur = seq_sub(seq_add(self.rcv_wup, self.rcv_wnd), self.rcv_nxt)
         if cur < 0:
             cur = 0
-        free = self.rcvbuf - len(self._rcvq) - self._ofo.nbytes
+        # tcp_space: what the free buffer (after truesize charges) can offer.
+        free = self.win_from_space(self.rcvbuf - self.rmem_alloc)
         ws = self.rcv_wscale
         limit = 65535 << ws
+        if self.window_clamp and limit > self.window_clamp:
+            limit = self.window_clamp
         if free > limit:
             free = limit
-        new = cur if free - cur < min(self.rcvbuf >> 1, self.rcv_mss) else free
+        full = self.win_from_space(self.rcvbuf)
+        new = cur if free - cur < min(full >> 1, self.rcv_mss) else free
         wire = new >> ws
         if (wire << ws) < cur:
             wire += 1
         if wire > 65535:
             wire = 65535
+        ext = self.stats.tcpext
+        if free <= 0 < cur:
+            ext["TCPWantZeroWindowAdv"] += 1  # wanted zero, but the edge may not move left
+        if wire == 0:
+            if self.rcv_wnd:
+                ext["TCPToZeroWindowAdv"] += 1
+        elif self.rcv_wnd == 0:
+            ext["TCPFromZeroWindowAdv"] += 1
         self.rcv_wnd = wire << ws
         self.rcv_wup = self.rcv_nxt
         return wire
@@ -99,10 +124,22 @@ class TcpOutput:
         opts = None
         if self.ts_ok:
             opts = TcpOptions(ts_val=self._ts_now(now), ts_ecr=self.ts_recent)
-        if self.sack_ok and self._ofo:
-            if opts is None:
-                opts = TcpOptions()
-            opts.sack = self._ofo.sack_blocks(3 if self.ts_ok else 4)
+        if self.sack_ok and (self._ofo or self._dsack) and flags & ACK:
+            limit = 3 if self.ts_ok else 4
+            if payload:
+                # The blocks must fit beside the data within the MSS (the kernel
+                # shrinks the data instead, tcp_current_mss): 4 bytes of kind,
+                # length and padding, 8 per block.
+                limit = min(limit, (self.snd_mss - len(payload) - 4) // 8)
+            if limit > 0:
+                if opts is None:
+                    opts = TcpOptions()
+                blocks = self._ofo.sack_blocks(limit) if self._ofo else []
+                if self._dsack is not None:
+                    # RFC 2883: the D-SACK block first, sent once (tcp_options_write).
+                    blocks = [self._dsack, *blocks[: limit - 1]]
+                    self._dsack = None
+                opts.sack = blocks
         if flags & ACK:
             window = self._select_window()
             ack = self.rcv_nxt
@@ -134,13 +171,44 @@ class TcpOutput:
         self._transmit(ACK, self.snd_max, b"", now)
 
     def _send_challenge_ack(self, now: float) -> None:
-        """RFC 5961 challenge ACK (``tcp_send_challenge_ack``), not rate-limited here."""
+        """RFC 5961 challenge ACK (``tcp_send_challenge_ack``), rate limited (RFC 5961 7).
+
+        First the connection's own out-of-window ACK limit
+        (tcp_invalid_ratelimit, TCPACKSkippedChallenge), then the stack-wide
+        budget of tcp_challenge_ack_limit per second.
+        """
+        if oow_rate_limited(self.last_oow_ack_time, now, self.sysctl):
+            self.stats.tcpext["TCPACKSkippedChallenge"] += 1
+            return
+        self.last_oow_ack_time = now
+        if self.challenge_limit is not None and not self.challenge_limit.allow(now):
+            return
         self.stats.tcpext["TCPChallengeACK"] += 1
         self._send_ack(now)
 
+    def _send_dupack_oow(self, seg: Segment, now: float, counter: str) -> None:
+        """ACK an out-of-window segment unless rate limited (``tcp_oow_rate_limited``).
+
+        Data without SYN is never part of an ACK loop and is always answered;
+        anything else at most once per tcp_invalid_ratelimit, counted in
+        *counter* (TCPACKSkippedSeq, TCPACKSkippedPAWS, ...) when skipped.
+        """
+        if not seg.payload or seg.flags & SYN:
+            if oow_rate_limited(self.last_oow_ack_time, now, self.sysctl):
+                self.stats.tcpext[counter] += 1
+                return
+            self.last_oow_ack_time = now
+        self._send_ack(now)
+
     def _send_syn(self, now: float) -> None:
-        """SYN (``tcp_connect``) or SYN-ACK (``tcp_make_synack``) with our options."""
+        """SYN (``tcp_connect``) or SYN-ACK (``tcp_make_synack``) with our options.
+
+        The first SYN of a Fast Open connect carries the cookie (or a cookie
+        request) and, with a cookie, the first queued data
+        (``tcp_send_syn_data``); retransmitted SYNs carry neither.
+        """
         opts = TcpOptions(mss=self.mss)
+        payload = b""
         if self.state_is_syn_recv():
             flags, ack = SYN | ACK, self.rcv_nxt
             if self.wscale_ok:
@@ -148,6 +216,8 @@ class TcpOutput:
             opts.sack_ok = self.sack_ok
             if self.ts_ok:
                 opts.ts_val, opts.ts_ecr = self._ts_now(now), self.ts_recent
+            if self._synack_cookie is not None:
+                opts.fastopen, opts.fastopen_exp = self._synack_cookie
             self._ack_pending = False
         else:
             flags, ack = SYN, 0
@@ -157,15 +227,26 @@ class TcpOutput:
             opts.sack_ok = bool(sysctl["net.ipv4.tcp_sack"])
             if sysctl["net.ipv4.tcp_timestamps"]:
                 opts.ts_val = self._ts_now(now)
+            req = self._fastopen_req
+            if req is not None:
+                self._fastopen_req = None
+                cookie, exp, space = req
+                if cookie is not None:
+                    # tcp_syn_options: the cookie (b"" asks for one) in its format.
+                    opts.fastopen, opts.fastopen_exp = cookie, exp
+                    self.syn_fastopen, self.syn_fastopen_exp = True, exp
+                if space > 0 and self._sndq:
+                    payload = bytes(self._sndq[:space])
+                    self.syn_data = True
         # RFC 7323 2.2: the window in a SYN is never scaled.
-        window = min(self.rcvbuf, 65535)
+        window = min(self.win_from_space(self.rcvbuf), 65535)
         self.out.append(Segment(self.local_port, self.remote_port, self.iss, ack, flags,
-                                window, opts, b""))
+                                window, opts, payload))
         self.segs_out += 1
         self.stats.tcp["OutSegs"] += 1
         if self.snd_max == self.iss:
-            self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
-            self._rtt_seq, self._rtt_time = self.snd_max, now
+            self.snd_nxt = self.snd_max = seq_add(self.iss, 1 + len(payload))
+            self._rtt_seq, self._rtt_time = seq_add(self.iss, 1), now
         else:
             self._count_retrans()
         if self._rto_at is None:
@@ -175,9 +256,9 @@ class TcpOutput:
         """Reset the peer (``tcp_send_active_reset``) from the highest sequence sent."""
         self._transmit(RST | ACK, self.snd_max, b"", now)
 
-    def _count_retrans(self) -> None:
-        self.stats.tcp["RetransSegs"] += 1
-        self.total_retrans += 1
+    def _count_retrans(self, segs: int = 1) -> None:
+        self.stats.tcp["RetransSegs"] += segs
+        self.total_retrans += segs
         # Karn's algorithm (RFC 6298 section 3): no RTT sample from a retransmission.
         self._rtt_seq = None
 
@@ -195,8 +276,10 @@ class TcpOutput:
         if n and off + n == len(self._sndq):
             flags |= PSH
         self._transmit(flags, seq, payload, now)
-        if before(seq, self.snd_max):
-            self._count_retrans()
+        retrans = before(seq, self.snd_max)
+        if retrans:
+            # RetransSegs counts segments, a super-segment as its gso_segs.
+            self._count_retrans(max(-(-n // self.snd_mss), 1))
         elif self._rtt_seq is None and not self.ts_ok:
             self._rtt_seq, self._rtt_time = end, now
         if n < self.snd_mss or n % self.snd_mss:
@@ -206,6 +289,7 @@ class TcpOutput:
             self.snd_nxt = end
         if after(end, self.snd_max):
             self.snd_max = end
+        self._tcp_sent(seq, end, retrans, now)
         if self._rto_at is None:
             self._rto_at = now + self.rto
         self._probe_at = None
@@ -217,6 +301,11 @@ class TcpOutput:
         goal = self.size_goal
         sndq_end = seq_add(self._sndq_seq, len(self._sndq))
         fin_pending = self._fin_queued
+        if self.sack_ok and self.sb.rtx_todo:
+            # Lost data first (RFC 6675 NextSeg rule 1), then new data.
+            self._xmit_retransmit_queue(now)
+        # Pipe, not FlightSize, is what cwnd limits (recovery.py _left_out).
+        left_out = self._left_out()
         while True:
             snd_nxt = self.snd_nxt
             unsent = seq_sub(sndq_end, snd_nxt)
@@ -227,7 +316,8 @@ class TcpOutput:
                     self._send_data(snd_nxt, 0, True, now)
                 break
             in_flight = seq_sub(snd_nxt, self.snd_una)
-            n = min(unsent, goal, wnd_avail, self.cwnd - in_flight)
+            room = self.cwnd - in_flight + left_out
+            n = min(unsent, goal, wnd_avail, room)
             if n <= 0:
                 break
             last = n == unsent
@@ -245,12 +335,14 @@ class TcpOutput:
                 if not last:
                     # Window- or cwnd-limited piece of a longer queue: RFC 1122
                     # 4.2.3.4 sends it only if it is half the largest window seen.
-                    if n < self.cwnd - in_flight and n >= (self.max_window >> 1) > 0:
+                    if n < room and n >= (self.max_window >> 1) > 0:
                         pass
                     else:
                         break
                 elif not fin_pending and self._nagle_holds(in_flight, snd_nxt):
                     break
+            if self.wmem_alloc and self._small_queue_check(n, in_flight):
+                break  # TCP Small Queues: wait for the device (tcp_write_xmit)
             self._send_data(snd_nxt, n, last and fin_pending and wnd_avail > n, now)
         if self.snd_nxt == self.snd_una and (
             seq_sub(sndq_end, self.snd_nxt) > 0 or (fin_pending and not self.fin_sent())
@@ -271,6 +363,10 @@ class TcpOutput:
         """Resend the first unacked segment, even beyond the window (``tcp_retransmit_skb``)."""
         if self.state_is_syn():
             self._send_syn(now)
+            return
+        if self.sack_ok and self.sb.rtx_todo:
+            # With a scoreboard: the first lost, un-SACKed segment.
+            self._xmit_retransmit_queue(now, force=True)
             return
         sndq_end = seq_add(self._sndq_seq, len(self._sndq))
         # One MSS: after a timeout cwnd is one segment (RFC 5681 3.1).

@@ -115,6 +115,16 @@ class OfoQueue:
                 break
         return blocks[:limit]
 
+    def drop_last(self) -> int:
+        """Drop the interval with the highest sequence (``tcp_prune_ofo_queue``); its size."""
+        if not self._ivs:
+            return 0
+        start, data = self._ivs.pop()
+        self.nbytes -= len(data)
+        if self._last == start:
+            self._last = None
+        return len(data)
+
     def clear(self) -> None:
         """Drop everything (connection reset or closed)."""
         self._ivs.clear()

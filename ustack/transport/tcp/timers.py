@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 
-from . import congestion
 from .seq import seq_add, seq_sub
 from .state import TcpState
 
@@ -112,11 +111,13 @@ class TcpTimers:
         self._rto_at = None
         if self.snd_una == self.snd_max:
             return
+        if self.syn_fastopen or self.syn_data or self.syn_data_acked:
+            self._fastopen_detect_blackhole(now)
         if self.snd_wnd == 0 and not self.orphan and not self.state_is_syn():
             # The peer shrank its window to zero under our data: the retransmissions
             # are window probes and a live peer is never timed out; only silence for
-            # longer than the maximum RTO is (tcp_retransmit_timer).
-            if now - self.last_rcv > self.rto_max:
+            # longer than twice the maximum RTO is (tcp_rtx_probe0_timed_out).
+            if now - self.last_rcv > 2 * self.rto_max:
                 self._write_err()
                 return
         elif self.retransmits >= self._max_retries():
@@ -124,24 +125,23 @@ class TcpTimers:
             return
         self.stats.tcpext["TCPTimeouts"] += 1
         if not self.state_is_syn():
-            # tcp_enter_loss: ssthresh once per loss episode, cwnd to one
-            # segment (RFC 5681 3.1), and go back to SND.UNA.
-            if self.retransmits == 0:
-                self.ssthresh = self.ca.ssthresh(self)
-            self.ca.set_state(self, congestion.CA_LOSS)
-            self.cwnd = self.snd_mss
-            self.cwnd_acc = 0
-            self.in_recovery = False
-            self.recover = self.snd_max
-            self.dupacks = 0
-            self.lost += 1
-            self.snd_nxt = self.snd_una
+            # tcp_enter_loss (recovery.py): ssthresh once per loss episode, cwnd
+            # to one segment (RFC 5681 3.1), everything un-SACKed is lost.
+            self._enter_loss(now)
         self.retransmits += 1
         # RFC 6298 5.5: back off the timer.
         self.rto = min(self.rto * 2, self.rto_max)
         self._retransmit_head(now)
         if self._rto_at is None:
             self._rto_at = now + self.rto
+
+    def _fastopen_detect_blackhole(self, now: float) -> None:
+        """``tcp_fastopen_active_detect_blackhole``: a Fast Open connection that times
+        out for the third time (or gives up earlier) pauses active Fast Open."""
+        retransmits = self.retransmits
+        expired = retransmits >= self._max_retries()
+        if (retransmits == 2 or (retransmits < 2 and expired)) and self.tfo is not None:
+            self.tfo.active_disable(now)
 
     def _probe_timer(self, now: float) -> None:
         """Zero-window probe (``tcp_probe_timer``, ``tcp_send_probe0``)."""

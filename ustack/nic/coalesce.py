@@ -1,0 +1,149 @@
+"""Interrupt coalescing: when a queue's interrupt fires after frames land.
+
+``ethtool -C DEV rx-usecs N rx-frames N adaptive-rx on|off`` (struct
+ethtool_coalesce): the NIC holds its RX interrupt until *rx-usecs* have
+passed since the first frame arrived, or until *rx-frames* frames are
+waiting, whichever comes first; rx-usecs 0 interrupts at once. Holding it
+trades latency for more frames per NAPI poll, which is what Python pays
+for (per poll, not per byte).
+
+``adaptive-rx`` picks rx-usecs/rx-frames from the measured packet rate, as
+drivers do with net_dim (lib/dim/net_dim.c): quiet queues interrupt at
+once, busy ones wait for a batch. net_dim climbs a profile table by
+comparing successive samples; ustack picks the profile from the rate of the
+last window directly, which is deterministic and easy to test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .napi import cpu_relax, timers_are_exact
+
+# (packets per second at or above which the profile applies, rx-usecs, rx-frames),
+# lowest first: like net_dim's RX profiles, from "no moderation" to "batch".
+DIM_PROFILES = ((0, 0, 0), (10_000, 8, 32), (40_000, 32, 64), (100_000, 64, 128))
+DIM_WINDOW_IRQS = 16  # interrupts per rate sample
+DIM_WINDOW_SECS = 0.05  # a sample also ends after this long
+MAX_USECS = 100_000
+SPIN_SECS = 0.002  # holds shorter than this are spun, not slept (see irq_wait)
+MAX_FRAMES = 65536
+
+
+class CoalesceError(ValueError):
+    """A coalescing setting ethtool would refuse."""
+
+
+class QueueIrq:
+    """One queue's interrupt state: counters and the adaptive sample window."""
+
+    __slots__ = ("interrupts", "frames_at_irq", "level", "win_start", "win_irqs",
+                 "win_frames")
+
+    def __init__(self) -> None:
+        self.interrupts = 0
+        self.frames_at_irq = 0  # frames waiting on the ring when the interrupt fired
+        self.level = 0  # adaptive profile in use
+        self.win_start = -1.0
+        self.win_irqs = 0
+        self.win_frames = 0
+
+
+class Coalesce:
+    """The device's RX coalescing settings and each queue's interrupt state."""
+
+    def __init__(self, nqueues: int) -> None:
+        self.rx_usecs = 0
+        self.rx_frames = 0
+        self.adaptive_rx = False
+        self.queues = [QueueIrq() for _ in range(nqueues)]
+
+    def set(self, changes: dict[str, Any]) -> None:
+        """Apply ``{"rx-usecs": N, "rx-frames": N, "adaptive-rx": bool}``, all or nothing."""
+        usecs, frames, adaptive = self.rx_usecs, self.rx_frames, self.adaptive_rx
+        for name, value in changes.items():
+            if name == "adaptive-rx":
+                if not isinstance(value, bool):
+                    raise CoalesceError("adaptive-rx takes on or off")
+                adaptive = value
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise CoalesceError(f"{name} takes a number")
+            if name == "rx-usecs":
+                if not 0 <= value <= MAX_USECS:
+                    raise CoalesceError(f"rx-usecs {value} out of range 0..{MAX_USECS}")
+                usecs = value
+            elif name == "rx-frames":
+                if not 0 <= value <= MAX_FRAMES:
+                    raise CoalesceError(f"rx-frames {value} out of range 0..{MAX_FRAMES}")
+                frames = value
+            else:
+                raise CoalesceError(f"unknown coalescing parameter {name!r} "
+                                    "(rx-usecs, rx-frames, adaptive-rx)")
+        self.rx_usecs, self.rx_frames, self.adaptive_rx = usecs, frames, adaptive
+
+    def params(self, q: int) -> tuple[int, int]:
+        """(rx-usecs, rx-frames) in force for queue *q* now."""
+        if self.adaptive_rx:
+            _, usecs, frames = DIM_PROFILES[self.queues[q].level]
+            return usecs, frames
+        return self.rx_usecs, self.rx_frames
+
+    def show(self) -> dict[str, Any]:
+        """What ``ethtool -c`` prints, plus each queue's adaptive choice."""
+        return {
+            "adaptive-rx": self.adaptive_rx, "rx-usecs": self.rx_usecs,
+            "rx-frames": self.rx_frames,
+            "queues": [{"rx-usecs": self.params(q)[0], "rx-frames": self.params(q)[1]}
+                       for q in range(len(self.queues))],
+        }
+
+    def interrupt(self, q: int, frames: int, now: float) -> None:
+        """Count queue *q*'s interrupt with *frames* waiting; feed the adaptive sample."""
+        st = self.queues[q]
+        st.interrupts += 1
+        st.frames_at_irq += frames
+        if not self.adaptive_rx:
+            return
+        if st.win_start < 0:
+            st.win_start = now
+        st.win_irqs += 1
+        st.win_frames += frames
+        elapsed = now - st.win_start
+        if st.win_irqs >= DIM_WINDOW_IRQS or elapsed >= DIM_WINDOW_SECS:
+            rate = st.win_frames / elapsed if elapsed > 0 else float("inf")
+            st.level = max(i for i, p in enumerate(DIM_PROFILES) if rate >= p[0])
+            st.win_start, st.win_irqs, st.win_frames = now, 0, 0
+
+    async def irq_wait(self, q: int, link: Any, dma: Callable[[int], int],
+                       fill: Callable[[], int], ring_size: int) -> None:
+        """Wait for queue *q*'s next interrupt: frames landed and moderation is over.
+
+        *dma* moves waiting frames into the RX ring, *fill* says how many the
+        ring holds. The interrupt fires at once with rx-usecs 0, else when
+        rx-usecs have passed since the first frame landed, when rx-frames
+        frames wait, or when the ring is full (nowhere to put more).
+        """
+        await link.wait_readable()
+        dma(q)
+        usecs, frames = self.params(q)
+        if usecs and fill() < ring_size:
+            deadline = trio.current_time() + usecs / 1e6
+            # On the system clock a timed wait ends in epoll, whose timeout has
+            # millisecond granularity: the last 2 ms are spun instead, yielding
+            # so the loop's other tasks run. MockClock's timers are exact.
+            slack = 0.0 if timers_are_exact() else SPIN_SECS
+            while not (frames and fill() >= frames) and fill() < ring_size:
+                now = trio.current_time()
+                if now >= deadline:
+                    break
+                if deadline - now > slack:
+                    with trio.move_on_at(deadline - slack):
+                        await link.wait_readable()
+                else:
+                    await cpu_relax()
+                dma(q)
+        self.interrupt(q, fill(), trio.current_time())
