@@ -14,11 +14,9 @@ recovery on both ends) and with ``net.ipv4.tcp_sack=0`` in the namespace
 namespace) are the oracle for ustack's SACK blocks: the kernel's SACK
 recovery runs when ustack drops, and it never sees reneging.
 
-Size: ``USTACK_LOSS_MB``, default 12 MB each way per run. Measured on the
-project's 2-core machine under load: 50 MB took 37 s (SACK) + 147 s
-(NewReno), 193 s for the module, too much for CI; 16 MB took 66 s, 10 MB
-39 s, so 12 MB keeps the module under a minute. ``USTACK_LOSS_MB=50`` is the
-full run of issue 4.
+Size: ``USTACK_LOSS_MB``, default 50 MB each way per run, as issue 4 asks.
+On the project's 2-core machine, idle, the module takes about 175 s (SACK
+48 s, NewReno 122 s); a smaller size gives a quicker run.
 
 Offloads stay on: a frame the impairment corrupts is first made what a real
 wire carries (checksum completed, the TAP's NEEDS_CSUM/DATA_VALID flags
@@ -37,7 +35,7 @@ from netns import Daemon
 
 pytestmark = pytest.mark.interop
 
-MB = int(os.environ.get("USTACK_LOSS_MB", "12"))
+MB = int(os.environ.get("USTACK_LOSS_MB", "50"))
 # Half of each direction's ~5 % loss is ustack's, half the kernel's iptables.
 IMPAIR = "loss=2.5%,reorder=5%,dup=1%,corrupt=0.5%"
 IPTABLES_P = "0.025"
