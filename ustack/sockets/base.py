@@ -29,8 +29,9 @@ SOCK_DGRAM = _stdlib.SOCK_DGRAM
 SOL_SOCKET = _stdlib.SOL_SOCKET
 IPPROTO_TCP = _stdlib.IPPROTO_TCP
 IPPROTO_UDP = _stdlib.IPPROTO_UDP
-MSG_DONTWAIT = _stdlib.MSG_DONTWAIT
-MSG_PEEK = _stdlib.MSG_PEEK
+# Plain ints: flag arithmetic on socket.MsgFlag members costs microseconds per call.
+MSG_DONTWAIT = int(_stdlib.MSG_DONTWAIT)
+MSG_PEEK = int(_stdlib.MSG_PEEK)
 # SOCK_NONBLOCK and SOCK_CLOEXEC may be or'ed into a type (socket(2)).
 TYPE_MASK = 0xF
 SOCK_MIN_RCVBUF = 2048 + 256

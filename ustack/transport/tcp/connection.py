@@ -26,6 +26,7 @@ from .mem import TcpMem
 from .metrics import TcpMetrics
 from .options import TCP_MAX_WSCALE
 from .output import TcpOutput
+from .rcvqueue import RecvQueue
 from .reassembly import OfoQueue
 from .recovery import TcpRecovery
 from .secure import ChallengeAckLimit
@@ -129,7 +130,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         self.rcv_wnd = 0
         space = max(rmem[2], self.rcvbuf)
         self.rcv_wscale = _select_wscale(space) if sysctl["net.ipv4.tcp_window_scaling"] else 0
-        self._rcvq = bytearray()
+        self._rcvq = RecvQueue()
         self._ofo = OfoQueue()
         self._mem_init(now)
         self._fin_seq: int | None = None
@@ -495,8 +496,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
             if self.eof or self.state is TcpState.CLOSED:
                 return b""
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-        data = bytes(q[:n])
-        del q[:n]
+        data = q.take(n)
         self._rcvq_consumed(len(data))
         self._rcv_space_adjust(now)
         if self.state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2):

@@ -135,7 +135,7 @@ class TcpMem:
         queue); by default that of the segment it arrived in.
         """
         n = len(data)
-        self._rcvq += data
+        self._rcvq.append(data)
         ts = truesize(n, self.rcv_mss) if charge is None else charge
         self._rcvq_chunks.append([n, ts])
         self._rcvq_charge += ts
