@@ -127,5 +127,10 @@ def test_bulk_echo_exact_under_loss_reorder_dup_corruption(netns, sack):
         assert grew("TcpExtTCPSackRecovery") > 0
         assert ext["TCPSackRecovery"] > 0 and ext["TCPRenoRecovery"] == 0
     else:
-        assert grew("TcpExtTCPSackRecovery") == 0 and grew("TcpExtTCPRenoRecovery") > 0
+        # The kernel took its Reno path: either fast recovery (TCPRenoRecovery) or,
+        # when the dupACKs of duplicated and reordered segments outnumbered the
+        # packets in flight, it raised its reordering threshold instead
+        # (tcp_check_reno_reordering counts TCPRenoReorder) and recovered by RTO.
+        assert grew("TcpExtTCPSackRecovery") == 0
+        assert grew("TcpExtTCPRenoRecovery") + grew("TcpExtTCPRenoReorder") > 0
         assert ext["TCPRenoRecovery"] > 0 and ext["TCPSackRecovery"] == 0
