@@ -35,6 +35,7 @@ from .tcp.header import SYN
 from .tcp.mem import TcpMemAccount
 from .tcp.metrics import TcpMetrics
 from .tcp.secure import ChallengeAckLimit, SecureSeq, TcpLimits
+from .tcp.syncookies import SynCookies
 from .udp import ANY
 
 Key = tuple[bytes, int, bytes, int]  # local ip, local port, remote ip, remote port
@@ -92,6 +93,8 @@ class TcpV4:
         self.challenge_limit = ChallengeAckLimit(sysctl)
         # tcp_max_orphans and tcp_max_tw_buckets.
         self.limits = TcpLimits(sysctl, stats)
+        # The SYN cookie secrets every listener of the stack uses (syncookie_secret).
+        self.syncookies = SynCookies()
         # Fast Open: the namespace-wide keys and blackhole state, and the
         # per-destination cookie cache (``ip tcp_metrics``).
         self.fastopen = FastOpen(sysctl, stats)
@@ -371,6 +374,7 @@ class TcpV4:
                                self.mss)
         binding.listening = True
         listener.isn = self.isn
+        listener.syncookies = self.syncookies
         listener.enable_fastopen(self.fastopen)
         self.listeners[binding.port] = listener
         return listener

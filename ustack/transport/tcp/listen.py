@@ -9,7 +9,17 @@ table; from then on the glue hands that flow's segments to the child. When
 the child's handshake completes it moves to the accept queue, or, if that is
 full, its final ACK is dropped (ListenOverflows, ListenDrops) and it keeps
 retransmitting SYN-ACKs as the kernel does with tcp_abort_on_overflow = 0.
-SYN cookies are a later issue: with a full SYN queue a SYN is dropped.
+
+SYN cookies (syncookies.py; ``tcp_conn_request``, ``tcp_syn_flood_action``,
+``cookie_v4_check``): with net.ipv4.tcp_syncookies = 1 (the default) a SYN
+that finds the SYN queue full, and with 2 every SYN, is answered with a
+SYN-ACK whose ISN is a cookie and nothing is kept (TCPReqQFullDoCookies,
+SyncookiesSent); with 0 it is dropped (TCPReqQFullDrop). While cookies have
+been sent in the last two minutes (``tcp_synq_no_recent_overflow``) an ACK
+for an unknown flow is checked as a cookie: a valid one creates the child
+with the MSS, window scale, SACK and timestamps the cookie carries and
+completes its handshake at once (SyncookiesRecv); a bad one
+(SyncookiesFailed) is answered with a RST like any stray ACK.
 
 Fast Open (RFC 7413, ``tcp_try_fastopen``): on a listener with a Fast Open
 queue (TCP_FASTOPEN, or every listener with tcp_fastopen bit 0x400), a SYN
@@ -20,6 +30,7 @@ is answered with a cookie in the SYN-ACK.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 
@@ -34,8 +45,18 @@ from .fastopen import (
     FastOpen,
 )
 from .header import ACK, RST, SYN, Segment
-from .output import rst_for
+from .options import TcpOptions
+from .output import TCP_MSS_DEFAULT, rst_for
+from .seq import seq_add
 from .state import TcpState
+from .syncookies import (
+    TCP_SYNCOOKIE_VALID,
+    SynCookies,
+    cookie_init_timestamp,
+    cookie_timestamp_decode,
+)
+
+log = logging.getLogger(__name__)
 
 
 class TcpListener:
@@ -70,6 +91,12 @@ class TcpListener:
         #: (``fastopenq.qlen`` / ``max_qlen``; 0 means Fast Open is off here).
         self.fastopen_qlen = 0
         self.fastopen_max_qlen = 0
+        #: The stack's SYN cookie secrets (the glue sets the stack-wide one).
+        self.syncookies = SynCookies()
+        #: When cookies were last sent (``tcp_synq_overflow``'s ts_recent_stamp).
+        self._last_overflow: float | None = None
+        #: "Possible SYN flooding" was reported once (``queue->synflood_warned``).
+        self.synflood_warned = False
         self.listen(backlog)
 
     def listen(self, backlog: int) -> None:
@@ -104,25 +131,43 @@ class TcpListener:
         return len(self._accept_queue) > self.backlog
 
     def _reqsk_queue_is_full(self) -> bool:
-        # inet_csk_reqsk_queue_is_full, plus tcp_conn_request's rule that without
-        # SYN cookies the last quarter of tcp_max_syn_backlog is not handed out.
-        qlen = len(self._syn_queue)
-        max_syn = self.sysctl["net.ipv4.tcp_max_syn_backlog"]
-        return qlen > self.backlog or max_syn - qlen < (max_syn >> 2)
+        # inet_csk_reqsk_queue_is_full: strictly more than the backlog.
+        return len(self._syn_queue) > self.backlog
+
+    def _syn_flood_action(self, syncookies: int) -> bool:
+        """``tcp_syn_flood_action``: send a cookie (True) or drop the SYN (False)."""
+        ext = self.stats.tcpext
+        if syncookies:
+            ext["TCPReqQFullDoCookies"] += 1
+        else:
+            ext["TCPReqQFullDrop"] += 1
+        if not self.synflood_warned and syncookies != 2:
+            self.synflood_warned = True
+            log.info("Possible SYN flooding on port %d. %s.  Check SNMP counters.", self.port,
+                     "Sending cookies" if syncookies else "Dropping request")
+        return bool(syncookies)
 
     def segment_arrives(self, seg: Segment, remote_ip: bytes, now: float,
                         local_ip: bytes | None = None) -> TcpConnection | None:
         """LISTEN processing of a segment with no connection of its own.
 
-        Returns the new SYN-RECEIVED child (whose ``out`` holds the SYN-ACK)
-        when *seg* is an acceptable SYN, else None. A stray ACK is answered
-        with a RST in ``self.out``. *local_ip* is the destination address of
-        *seg* (for a listener bound to 0.0.0.0).
+        Returns the new child when *seg* is an acceptable SYN (SYN-RECEIVED,
+        its ``out`` holding the SYN-ACK) or an ACK carrying a valid SYN
+        cookie (already ESTABLISHED and in the accept queue), else None. A
+        SYN answered with a cookie leaves its SYN-ACK in ``self.out``, as
+        does the RST for a stray ACK. *local_ip* is the destination address
+        of *seg* (for a listener bound to 0.0.0.0).
         """
         flags = seg.flags
         if flags & RST:
             return None
+        lip = local_ip or self.local_ip
         if flags & ACK:
+            if not flags & SYN:
+                # tcp_v4_cookie_check: the ACK may complete a cookie handshake.
+                taken, child = self._cookie_v4_check(seg, remote_ip, lip, now)
+                if taken:
+                    return child
             rst = rst_for(seg)
             if rst is not None:
                 self.out.append(rst)
@@ -131,24 +176,34 @@ class TcpListener:
             return None
         if not flags & SYN or self.state is not TcpState.LISTEN:
             return None
+        return self._conn_request(seg, remote_ip, lip, now)
+
+    def _conn_request(self, seg: Segment, remote_ip: bytes, lip: bytes,
+                      now: float) -> TcpConnection | None:
+        """``tcp_conn_request``: a SYN for the listener."""
         ext = self.stats.tcpext
-        if self._reqsk_queue_is_full():
-            ext["TCPReqQFullDrop"] += 1
-            ext["ListenDrops"] += 1
-            return None
+        syncookies = self.sysctl["net.ipv4.tcp_syncookies"]
+        want_cookie = False
+        if syncookies == 2 or self._reqsk_queue_is_full():
+            want_cookie = self._syn_flood_action(syncookies)
+            if not want_cookie:
+                ext["ListenDrops"] += 1
+                return None
         if self._acceptq_is_full():
             ext["ListenOverflows"] += 1
             ext["ListenDrops"] += 1
             return None
-        lip = local_ip or self.local_ip
+        if want_cookie:
+            self._send_cookie_synack(seg, remote_ip, lip, now)
+            return None
+        if not syncookies:
+            # Without cookies the last quarter of tcp_max_syn_backlog is not handed out.
+            max_syn = self.sysctl["net.ipv4.tcp_max_syn_backlog"]
+            if max_syn - len(self._syn_queue) < (max_syn >> 2):
+                ext["ListenDrops"] += 1
+                return None
         iss = self.isn(lip, self.port, remote_ip, seg.sport) if self.isn is not None else None
-        child = TcpConnection(lip, self.port, remote_ip, seg.sport, self.sysctl, self.stats,
-                              self.mss, now, iss)
-        if self.sndbuf is not None:
-            child.sndbuf, child.sndbuf_locked = self.sndbuf, True
-        if self.rcvbuf is not None:
-            child.set_rcvbuf(self.rcvbuf)
-        child.nodelay = self.nodelay
+        child = self._new_child(lip, remote_ip, seg.sport, iss, now)
         child.listener = self
         fastopen, synack_cookie = self._try_fastopen(seg, remote_ip, lip)
         child.open_passive(seg, now, synack_cookie, fastopen)
@@ -167,6 +222,117 @@ class TcpListener:
         else:
             self._syn_queue.add(child)
         return child
+
+    def _new_child(self, lip: bytes, remote_ip: bytes, rport: int, iss: int | None,
+                   now: float) -> TcpConnection:
+        """A connection for (lip, port, remote_ip, rport) with the options children inherit."""
+        child = TcpConnection(lip, self.port, remote_ip, rport, self.sysctl, self.stats,
+                              self.mss, now, iss)
+        if self.sndbuf is not None:
+            child.sndbuf, child.sndbuf_locked = self.sndbuf, True
+        if self.rcvbuf is not None:
+            child.set_rcvbuf(self.rcvbuf)
+        child.nodelay = self.nodelay
+        return child
+
+    # -- SYN cookies (net/ipv4/syncookies.c) ----------------------------------
+
+    def _send_cookie_synack(self, syn: Segment, remote_ip: bytes, lip: bytes,
+                            now: float) -> None:
+        """Answer *syn* with a cookie SYN-ACK and keep nothing.
+
+        As ``tcp_conn_request`` with want_cookie: the request is built, its
+        SYN-ACK (ISN = ``cookie_init_sequence``, TCP_SYNACK_COOKIE) sent and
+        the request freed. Without a timestamp in the SYN its window scale
+        and SACK are cleared (``tcp_clear_options``): nothing could carry them.
+        """
+        opts = syn.options
+        ts = (opts is not None and opts.ts_val is not None
+              and bool(self.sysctl["net.ipv4.tcp_timestamps"]))
+        peer_mss = opts.mss if opts is not None and opts.mss else TCP_MSS_DEFAULT
+        iss, _ = self.syncookies.init_sequence(remote_ip, lip, syn.sport, self.port, syn.seq,
+                                               peer_mss, now)
+        # cookie_init_sequence: tcp_synq_overflow, then the counter.
+        self._last_overflow = now
+        self.stats.tcpext["SyncookiesSent"] += 1
+        if not ts:
+            syn = Segment(syn.sport, syn.dport, syn.seq, 0, SYN, syn.window,
+                          TcpOptions(mss=opts.mss if opts is not None else None))
+        req = self._new_child(lip, remote_ip, syn.sport, iss, now)
+        req.open_passive(syn, now)
+        synack = req.out[-1]
+        if ts:
+            # tcp_make_synack for TCP_SYNACK_COOKIE: TSval carries WS/SACK/ECN
+            # (cookie_init_timestamp) plus the connection's offset, here its ISS.
+            synack.options.ts_val = seq_add(cookie_init_timestamp(
+                now, req.snd_wscale if req.wscale_ok else None, req.sack_ok), iss)
+        self.out.append(synack)
+
+    def _cookie_v4_check(self, seg: Segment, remote_ip: bytes, lip: bytes,
+                         now: float) -> tuple[bool, TcpConnection | None]:
+        """``cookie_v4_check`` of an ACK for an unknown flow.
+
+        Returns (taken, child). Not taken: no cookie of ours (cookies off, none
+        sent lately, or a bad one), and LISTEN answers it with a RST. Taken
+        with a child: the handshake is complete and the child ESTABLISHED in
+        the accept queue. Taken without one: the accept queue is full and
+        the ACK is dropped (``tcp_v4_syn_recv_sock``: ListenOverflows).
+        """
+        if not self.sysctl["net.ipv4.tcp_syncookies"] or self.state is not TcpState.LISTEN:
+            return False, None
+        last = self._last_overflow
+        # tcp_synq_no_recent_overflow: only while cookies were sent in the last
+        # TCP_SYNCOOKIE_VALID (a second of slack before, as the kernel allows).
+        if last is None or not last - 1.0 <= now <= last + TCP_SYNCOOKIE_VALID:
+            return False, None
+        ext = self.stats.tcpext
+        mss = self.syncookies.check(remote_ip, lip, seg.sport, self.port, seg.seq, seg.ack, now)
+        if not mss:
+            ext["SyncookiesFailed"] += 1
+            return False, None
+        ext["SyncookiesRecv"] += 1
+        iss = seq_add(seg.ack, -1)
+        opts = seg.options
+        sysctl = self.sysctl
+        # tcp_parse_options on a non-established socket sees a timestamp only
+        # while tcp_timestamps is on.
+        tsval = (opts.ts_val if opts is not None and sysctl["net.ipv4.tcp_timestamps"]
+                 else None)
+        tsecr = None
+        if tsval is not None:
+            # The echoed TSval less the offset our SYN-ACK added (secure_tcp_ts_off's role).
+            tsecr = seq_add(opts.ts_ecr, -iss) if opts.ts_ecr else 0
+        co = cookie_timestamp_decode(tsecr, bool(sysctl["net.ipv4.tcp_timestamps"]),
+                                     bool(sysctl["net.ipv4.tcp_sack"]),
+                                     bool(sysctl["net.ipv4.tcp_window_scaling"]))
+        if co is None:
+            return False, None
+        if self._acceptq_is_full():
+            ext["ListenOverflows"] += 1
+            ext["ListenDrops"] += 1
+            return True, None
+        # tcp_create_openreq_child from the request the cookie stands for: the
+        # peer's SYN was SEG.SEQ - 1, our SYN-ACK's ISS the cookie. ECN is not
+        # negotiated by ustack (cookie_ecn_ok with tcp_ecn off drops the bit).
+        syn = Segment(seg.sport, seg.dport, seq_add(seg.seq, -1), 0, SYN, seg.window,
+                      TcpOptions(mss=mss, wscale=co.wscale, sack_ok=co.sack_ok,
+                                 ts_val=tsval if co.ts_ok else None))
+        child = self._new_child(lip, remote_ip, seg.sport, iss, now)
+        child.irs = syn.seq
+        child.rcv_nxt = child.rcv_wup = seg.seq
+        child.rcv_wnd = min(child.win_from_space(child.rcvbuf), 65535)
+        child._negotiate(syn)
+        child.snd_wnd = child.max_window = seg.window
+        child.snd_wl1 = syn.seq
+        child.last_rcv = child._last_data_recv = now
+        child._set_state(TcpState.SYN_RECV)
+        child.snd_nxt = child.snd_max = seq_add(iss, 1)
+        child.listener = self
+        # tcp_child_process: the ACK (and any data on it) completes the handshake.
+        child.segment_arrives(seg, now)
+        if self.keepalive:
+            child.keepalive = True
+        return True, child
 
     def _fastopen_queue_check(self) -> bool:
         """``tcp_fastopen_queue_check``: Fast Open on, and its queue not full."""
