@@ -14,6 +14,7 @@ Upward delivery is by handler tables, as in Linux: EtherType -> handler
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import math
@@ -107,6 +108,8 @@ class Stack:
     ) -> None:
         self.sysctl = sysctl if sysctl is not None else Sysctl()
         self.stats = Stats()
+        #: Open sockets, the first field of /proc/sys/fs/file-nr (bounded by fs.file-max).
+        self.nr_files = 0
         self.mac = mac if mac is not None else random_mac()
         self.addr = addr
         # One softnet_data per "CPU"; by default one CPU per queue (--cpus).
@@ -566,6 +569,17 @@ class Stack:
             entries += [{**e, "dev": vlan.name} for e in vlan.arp.entries()]
         return entries
 
+    def file_alloc(self) -> None:
+        """Account one more open socket (``alloc_empty_file``): ENFILE past fs.file-max."""
+        self.file_check()
+        self.nr_files += 1
+
+    def file_check(self) -> None:
+        """Raise ENFILE, counted, if no socket may be opened now."""
+        if self.nr_files >= self.sysctl["fs.file-max"]:
+            self.stats.file_max_reached += 1
+            raise OSError(errno.ENFILE, "too many open files in system (fs.file-max)")
+
     def sockstat(self) -> dict[str, int]:
         """Sockets in use, like /proc/net/sockstat: sockets used, TCP inuse, orphan,
         tw, alloc and mem (pages charged against net.ipv4.tcp_mem), UDP inuse."""
@@ -587,6 +601,8 @@ class Stack:
         """Every counter, grouped like the kernel's files, for ``ustack stat``."""
         snap = self.stats.snapshot()
         snap["sockstat"] = self.sockstat()
+        snap["file_nr"] = {"allocated": self.nr_files, "max": self.sysctl["fs.file-max"],
+                           "limit_reached": self.stats.file_max_reached}
         snap["softnet_stat"] = dict(self.softnet.stat)
         # /proc/net/softnet_stat: one row per CPU, with its backlog length.
         backlogs = self.rps.backlog_lengths()

@@ -111,6 +111,9 @@ class Stats:
         self.tcpext = Mib(TCPEXT_NAMES)
         self.arp_cache = Mib(ARP_CACHE_NAMES)
         self.tsq = Mib(TSQ_NAMES)
+        #: socket()/accept() refused at fs.file-max (ENFILE; the kernel only logs
+        #: "VFS: file-max limit reached").
+        self.file_max_reached = 0
         # Drops that the kernel reports through dropwatch reasons rather than a
         # MIB (enum skb_drop_reason); a named counter per reason.
         self.drop_reasons: dict[str, int] = {}

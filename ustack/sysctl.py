@@ -58,6 +58,11 @@ _KNOBS = [
        doc="RFS: entries of the table of flows' reading CPUs (0: RFS off)"),
     _k("net.core.busy_read", 0, 0, doc="default SO_BUSY_POLL: us a blocking read busy-polls"),
     _k("net.core.somaxconn", 4096, 0, doc="upper bound of a listen backlog"),
+    # The kernel sizes fs.file-max from RAM (files_maxfiles_init: a tenth of it,
+    # ~1 KB a file); a ustack socket costs several KB of Python objects, so its
+    # default is a fixed 65536.
+    _k("fs.file-max", 65536, 1,
+       doc="sockets the stack may have open; socket()/accept() beyond it fail with ENFILE"),
     _k("net.core.rmem_default", 212992, 256),
     _k("net.core.rmem_max", 212992, 256),
     _k("net.core.wmem_default", 212992, 256),

@@ -409,3 +409,38 @@ def test_new_syn_takes_over_a_time_wait_pair():
             assert b.stats.tcp["PassiveOpens"] == 2
 
     run(main)
+
+
+def test_file_max_bounds_open_sockets_and_accept_keeps_the_connection():
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            lsock = b.socket()
+            await lsock.bind(("", 82))
+            lsock.listen(4)
+            # The listener is one open socket; allow exactly one more on b.
+            b.sysctl.set("fs.file-max", b.nr_files + 1)
+            extra = b.socket()
+            with pytest.raises(OSError) as e:
+                b.socket()
+            assert e.value.errno == errno.ENFILE
+            assert b.stats.file_max_reached == 1
+            c = a.socket()
+            await c.connect(("10.0.0.2", 82))
+            # accept() needs a descriptor first: ENFILE, and the connection stays queued.
+            with pytest.raises(OSError) as e:
+                await lsock.accept()
+            assert e.value.errno == errno.ENFILE
+            assert b.snapshot()["file_nr"] == {"allocated": 2, "max": 2, "limit_reached": 2}
+            extra.close()  # closing gives the descriptor back
+            s, _ = await lsock.accept()
+            await c.sendall(b"still here")
+            assert await s.recv(100) == b"still here"
+            assert b.nr_files == 2
+            s.close()
+            c.close()
+            lsock.close()
+            assert b.nr_files == 0
+
+    run(main)

@@ -81,6 +81,7 @@ class StackSocket(trio.socket.SocketType):
 
     def __init__(self, stack: Stack) -> None:
         super().__init__()
+        stack.file_alloc()
         self.stack = stack
         self._fd = next(_fds)
         self._lot = trio.lowlevel.ParkingLot()
@@ -186,6 +187,8 @@ class StackSocket(trio.socket.SocketType):
         return False
 
     def _mark_closed(self) -> None:
+        if self._fd >= 0:
+            self.stack.nr_files -= 1
         self._fd = -1
         self._lot.unpark_all()
 

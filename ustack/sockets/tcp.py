@@ -135,6 +135,9 @@ class TcpSocket(StackSocket):
             raise OSError(errno.EINVAL, "socket is not listening")
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
+            # __sys_accept4_file: the descriptor first, so ENFILE leaves the
+            # connection in the accept queue.
+            self.stack.file_check()
             conn = self.listener.accept()
             if conn is not None:
                 child = TcpSocket(self.stack, conn, self.tcp.accepted(conn))
