@@ -192,8 +192,12 @@ class TcpV4:
         (``skb_set_owner_w`` / ``tcp_wfree``): TCP Small Queues.
         """
         csum_offload, _ = self.offload()
-        pkt = build_segment(seg, saddr, daddr, csum_partial_offload=csum_offload)
-        if mss and len(seg.payload) > mss and not seg.flags & SYN:
+        gso = mss and len(seg.payload) > mss and not seg.flags & SYN
+        # A super-segment is always left CHECKSUM_PARTIAL, as tcp_v4_send_check
+        # leaves every skb: TSO finishes it in the kernel, software GSO sums
+        # each segment it cuts, so a full sum over 64 KB here would be wasted.
+        pkt = build_segment(seg, saddr, daddr, csum_partial_offload=csum_offload or gso)
+        if gso:
             pkt.gso_size = mss
             pkt.gso_type = SKB_GSO_TCPV4
         pkt.queue = queue
