@@ -434,7 +434,7 @@ def _final(path: str, req: dict[str, Any]) -> Any:
 
 
 # Groups whose numbers are levels (gauges), not counters: --diff shows them as they are.
-_GAUGES = {"sockstat"}
+_GAUGES = {"sockstat", "file_nr"}
 
 
 def _stat_diff(before: dict[str, Any], after: dict[str, Any],
@@ -524,7 +524,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_sysctl(args: argparse.Namespace) -> int:
-    if args.setting is None and args.tap.startswith("net."):
+    if args.setting is None and args.tap.startswith(("net.", "fs.", "ustack.")):
         # One word given and it is a sysctl name: it is NAME[=VALUE], not a TAP.
         args.tap, args.setting = DEFAULT_TAP, args.tap
     req: dict[str, Any] = {"cmd": "sysctl"}

@@ -264,6 +264,14 @@ def test_sysctl_setting_without_tap_sends_name_and_value(
     assert d.close() == {"cmd": "sysctl", "name": "net.core.somaxconn", "value": "128"}
 
 
+@pytest.mark.parametrize("name", ["fs.file-max", "ustack.tcp_small_queues"])
+def test_sysctl_non_net_names_alone_are_names_not_taps(tmp_path: Path, name: str) -> None:
+    """`sysctl fs.file-max` reads that name on the default TAP, like `sysctl net.*`."""
+    d = FakeDaemon(tmp_path / "c.sock", [{"result": {name: "1"}}])
+    assert main(["sysctl", name, "--control", d.path]) == 0
+    assert d.close() == {"cmd": "sysctl", "name": name}
+
+
 def test_sysctl_name_only_reads_one_value(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
