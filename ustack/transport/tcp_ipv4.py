@@ -88,7 +88,8 @@ class TcpV4:
         self._conn_binding: dict[TcpConnection, Binding] = {}
         # Initial sequence numbers (local ip, local port, remote ip, remote port)
         # -> ISS: RFC 6528 (secure_tcp_seq, tcp/secure.py); None: a random one each.
-        self.isn: Callable[[bytes, int, bytes, int], int] | None = SecureSeq(clock).isn
+        self.secure = SecureSeq(clock)
+        self.isn: Callable[[bytes, int, bytes, int], int] | None = self.secure.isn
         # RFC 5961 7: the stack-wide challenge-ACK budget (tcp_challenge_ack_limit).
         self.challenge_limit = ChallengeAckLimit(sysctl)
         # tcp_max_orphans and tcp_max_tw_buckets.
@@ -108,6 +109,16 @@ class TcpV4:
         self._tsq_timer = Timer(self._tsq_handler)
         ipv4.protos[IPPROTO_TCP] = self.tcp_v4_rcv
         ipv4.err_handlers[IPPROTO_TCP] = self.tcp_v4_err
+
+    def init_ts_off(self, laddr: bytes, lport: int, raddr: bytes, rport: int) -> int:
+        """``tcp_v4_init_seq_and_ts_off``'s ts_off: the 4-tuple's TSval offset.
+
+        0 unless net.ipv4.tcp_timestamps is 1: with 2 timestamps are on
+        without random offsets, as ``secure_tcp_seq_and_ts_off`` does.
+        """
+        if self.sysctl["net.ipv4.tcp_timestamps"] != 1:
+            return 0
+        return self.secure.ts_off(laddr, lport, raddr, rport)
 
     @property
     def mss(self) -> int:
@@ -359,7 +370,8 @@ class TcpV4:
         iss = self.isn(saddr, binding.port, daddr, dport) if self.isn is not None else None
         conn = TcpConnection(saddr, binding.port, daddr, dport, self.sysctl, self.stats,
                              self.mss, self.clock(), iss,
-                             ca_name=self.sysctl["net.ipv4.tcp_congestion_control"])
+                             ca_name=self.sysctl["net.ipv4.tcp_congestion_control"],
+                             ts_off=self.init_ts_off(saddr, binding.port, daddr, dport))
         self._hash(conn)
         if setup is not None:
             setup(conn)
@@ -378,6 +390,7 @@ class TcpV4:
                                self.mss)
         binding.listening = True
         listener.isn = self.isn
+        listener.ts_off = self.init_ts_off
         listener.syncookies = self.syncookies
         listener.enable_fastopen(self.fastopen)
         self.listeners[binding.port] = listener

@@ -70,6 +70,7 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         now: float,
         iss: int | None = None,
         ca_name: str | None = None,
+        ts_off: int | None = None,
     ) -> None:
         self.local_ip = local_ip
         self.local_port = local_port
@@ -139,7 +140,9 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         # Negotiated options.
         self.wscale_ok = self.sack_ok = self.ts_ok = False
         self.ts_recent = 0
-        self.ts_offset = int.from_bytes(os.urandom(4), "big") if iss is None else self.iss
+        # RFC 7323 7.1: TSval = ms clock + ts_off (tp->tsoffset), the 4-tuple's
+        # offset from the glue (secure_tcp_seq_and_ts_off), random without one.
+        self.ts_offset = secrets.randbits(32) if ts_off is None else ts_off & 0xFFFFFFFF
         # RTT and retransmission (RFC 6298).
         self.srtt: float | None = None
         self.rttvar = 0.0

@@ -83,6 +83,9 @@ class TcpListener:
         #: Initial sequence number generator (local_ip, port, remote_ip, remote_port) -> ISS,
         #: the role of the kernel's secure_tcp_seq; None picks a random one.
         self.isn: Callable[[bytes, int, bytes, int], int] | None = None
+        #: TSval offset generator (local_ip, port, remote_ip, remote_port) -> ts_off,
+        #: the kernel's init_seq_and_ts_off; None: children pick a random one.
+        self.ts_off: Callable[[bytes, int, bytes, int], int] | None = None
         self._syn_queue: set[TcpConnection] = set()
         self._accept_queue: deque[TcpConnection] = deque()
         #: The stack's Fast Open context (set by the glue); None disables Fast Open.
@@ -203,7 +206,8 @@ class TcpListener:
                 ext["ListenDrops"] += 1
                 return None
         iss = self.isn(lip, self.port, remote_ip, seg.sport) if self.isn is not None else None
-        child = self._new_child(lip, remote_ip, seg.sport, iss, now)
+        child = self._new_child(lip, remote_ip, seg.sport, iss, now,
+                                self._init_ts_off(lip, remote_ip, seg.sport))
         child.listener = self
         fastopen, synack_cookie = self._try_fastopen(seg, remote_ip, lip)
         child.open_passive(seg, now, synack_cookie, fastopen)
@@ -223,11 +227,15 @@ class TcpListener:
             self._syn_queue.add(child)
         return child
 
+    def _init_ts_off(self, lip: bytes, remote_ip: bytes, rport: int) -> int | None:
+        """The 4-tuple's TSval offset (``tcp_conn_request``: ``tcp_rsk(req)->ts_off``)."""
+        return self.ts_off(lip, self.port, remote_ip, rport) if self.ts_off is not None else None
+
     def _new_child(self, lip: bytes, remote_ip: bytes, rport: int, iss: int | None,
-                   now: float) -> TcpConnection:
+                   now: float, ts_off: int | None) -> TcpConnection:
         """A connection for (lip, port, remote_ip, rport) with the options children inherit."""
         child = TcpConnection(lip, self.port, remote_ip, rport, self.sysctl, self.stats,
-                              self.mss, now, iss)
+                              self.mss, now, iss, ts_off=ts_off)
         if self.sndbuf is not None:
             child.sndbuf, child.sndbuf_locked = self.sndbuf, True
         if self.rcvbuf is not None:
@@ -258,14 +266,17 @@ class TcpListener:
         if not ts:
             syn = Segment(syn.sport, syn.dport, syn.seq, 0, SYN, syn.window,
                           TcpOptions(mss=opts.mss if opts is not None else None))
-        req = self._new_child(lip, remote_ip, syn.sport, iss, now)
+        # Nothing is kept, so the offset must come back from the 4-tuple alone
+        # (without a generator: none, as with tcp_timestamps = 2).
+        ts_off = self._init_ts_off(lip, remote_ip, syn.sport) or 0
+        req = self._new_child(lip, remote_ip, syn.sport, iss, now, ts_off)
         req.open_passive(syn, now)
         synack = req.out[-1]
         if ts:
             # tcp_make_synack for TCP_SYNACK_COOKIE: TSval carries WS/SACK/ECN
-            # (cookie_init_timestamp) plus the connection's offset, here its ISS.
+            # (cookie_init_timestamp) plus the 4-tuple's ts_off.
             synack.options.ts_val = seq_add(cookie_init_timestamp(
-                now, req.snd_wscale if req.wscale_ok else None, req.sack_ok), iss)
+                now, req.snd_wscale if req.wscale_ok else None, req.sack_ok), ts_off)
         self.out.append(synack)
 
     def _cookie_v4_check(self, seg: Segment, remote_ip: bytes, lip: bytes,
@@ -299,9 +310,10 @@ class TcpListener:
         tsval = (opts.ts_val if opts is not None and sysctl["net.ipv4.tcp_timestamps"]
                  else None)
         tsecr = None
+        ts_off = self._init_ts_off(lip, remote_ip, seg.sport) or 0
         if tsval is not None:
-            # The echoed TSval less the offset our SYN-ACK added (secure_tcp_ts_off's role).
-            tsecr = seq_add(opts.ts_ecr, -iss) if opts.ts_ecr else 0
+            # cookie_tcp_check: the echoed TSval less the 4-tuple's ts_off.
+            tsecr = seq_add(opts.ts_ecr, -ts_off) if opts.ts_ecr else 0
         co = cookie_timestamp_decode(tsecr, bool(sysctl["net.ipv4.tcp_timestamps"]),
                                      bool(sysctl["net.ipv4.tcp_sack"]),
                                      bool(sysctl["net.ipv4.tcp_window_scaling"]))
@@ -317,7 +329,11 @@ class TcpListener:
         syn = Segment(seg.sport, seg.dport, seq_add(seg.seq, -1), 0, SYN, seg.window,
                       TcpOptions(mss=mss, wscale=co.wscale, sack_ok=co.sack_ok,
                                  ts_val=tsval if co.ts_ok else None))
-        child = self._new_child(lip, remote_ip, seg.sport, iss, now)
+        # tcp_get_cookie_sock: the child's tsoffset is that ts_off. Its first RTT
+        # sample comes from the echoed cookie TSval, up to 63 ms behind the clock
+        # (its low bits carry options), as in the kernel: tcp_rcv_state_process
+        # -> tcp_synack_rtt_meas(sk, NULL) -> tcp_ack_update_rtt's TSecr fallback.
+        child = self._new_child(lip, remote_ip, seg.sport, iss, now, ts_off)
         child.irs = syn.seq
         child.rcv_nxt = child.rcv_wup = seg.seq
         child.rcv_wnd = min(child.win_from_space(child.rcvbuf), 65535)

@@ -7,6 +7,10 @@
   who sees the ISNs of its own connections learns nothing about another
   4-tuple's, while one 4-tuple's ISNs keep growing with time, so a new
   incarnation starts beyond the old one's sequence space (RFC 6528 section 4).
+  The same keyed hash gives each 4-tuple its TCP timestamp offset
+  (RFC 7323 section 7.1, ``secure_tcp_seq_and_ts_off``): TSval is the
+  millisecond clock plus a random offset that reveals neither the clock nor
+  the ISN, and stays the same for every incarnation of the 4-tuple.
 - :class:`ChallengeAckLimit`: the host-wide RFC 5961 section 7 budget of
   challenge ACKs, ``net.ipv4.tcp_challenge_ack_limit`` per second, drawn at
   random around that number each second as the kernel has done since
@@ -46,14 +50,28 @@ class SecureSeq:
         # net_secret_init: one random key per boot (here per stack), never shown.
         self._key = secret if secret is not None else os.urandom(32)
 
+    def _hash64(self, laddr: bytes, lport: int, raddr: bytes, rport: int) -> int:
+        """F(localip, localport, remoteip, remoteport, secretkey): 64 keyed bits."""
+        return int.from_bytes(hashlib.blake2b(
+            laddr + raddr + lport.to_bytes(2, "big") + rport.to_bytes(2, "big"),
+            key=self._key, digest_size=8,
+        ).digest(), "big")
+
     def isn(self, laddr: bytes, lport: int, raddr: bytes, rport: int) -> int:
         """The ISS for a connection (``secure_tcp_seq`` + ``seq_scale``)."""
-        f = hashlib.blake2b(
-            laddr + raddr + lport.to_bytes(2, "big") + rport.to_bytes(2, "big"),
-            key=self._key, digest_size=4,
-        ).digest()
         m = int(self._clock() * ISN_TICKS_PER_SECOND)
-        return (int.from_bytes(f, "big") + m) & 0xFFFFFFFF
+        return (self._hash64(laddr, lport, raddr, rport) + m) & 0xFFFFFFFF
+
+    def ts_off(self, laddr: bytes, lport: int, raddr: bytes, rport: int) -> int:
+        """The TSval offset of a connection (``secure_tcp_seq_and_ts_off``'s ts_off).
+
+        The other 32 bits of the ISN's hash, without the clock: the kernel
+        has used one siphash for both since 165573e41f2f ("tcp: secure_seq:
+        add back ports to TS offset"), which replaced the per-host offsets of
+        ``secure_tcp_ts_off`` because they let an off-path attacker find
+        source ports through the SYN cookie timestamps.
+        """
+        return self._hash64(laddr, lport, raddr, rport) >> 32
 
 
 class ChallengeAckLimit:
