@@ -823,7 +823,7 @@ def cmd_ethtool(args: argparse.Namespace) -> int:
         if c["adaptive-rx"]:
             for i, q in enumerate(c["queues"]):
                 print(f"rx-queue-{i} (adaptive): rx-usecs {q['rx-usecs']} "
-                      f"rx-frames {q['rx-frames']}")
+                      f"rx-frames {q['rx-frames']} profile {q['profile']} {q['tune-state']}")
     elif args.channels:
         print(f"Channel parameters for {args.tap}:\nPre-set maximums:\n"
               f"Combined:\t{result['channels']['max_combined']}\nCurrent hardware settings:\n"

@@ -109,6 +109,20 @@ def test_ethtool_c_prints_like_ethtool(tmp_path: Path, capsys: pytest.CaptureFix
     assert "Adaptive RX: off" in out and "rx-usecs: 50" in out and "rx-frames: 8" in out
 
 
+def test_ethtool_c_shows_each_queues_net_dim_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = {"adaptive-rx": True, "rx-usecs": 0, "rx-frames": 0,
+             "queues": [{"rx-usecs": 64, "rx-frames": 256, "profile": 2,
+                         "tune-state": "parking-on-top"}]}
+    d = OneShot(tmp_path / "c.sock", {"result": {"coalesce": shown}})
+    assert main(["ethtool", "-c", "--control", d.path]) == 0
+    d.done()
+    out = capsys.readouterr().out
+    assert "Adaptive RX: on" in out
+    assert "rx-queue-0 (adaptive): rx-usecs 64 rx-frames 256 profile 2 parking-on-top" in out
+
+
 def test_rps_sets_queue_attributes(tmp_path: Path) -> None:
     d = OneShot(tmp_path / "c.sock", {"result": {"cpus": 4, "queues": [],
                                                  "rps_sock_flow_entries": 0}})

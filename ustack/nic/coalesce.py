@@ -7,11 +7,12 @@ waiting, whichever comes first; rx-usecs 0 interrupts at once. Holding it
 trades latency for more frames per NAPI poll, which is what Python pays
 for (per poll, not per byte).
 
-``adaptive-rx`` picks rx-usecs/rx-frames from the measured packet rate, as
-drivers do with net_dim (lib/dim/net_dim.c): quiet queues interrupt at
-once, busy ones wait for a batch. net_dim climbs a profile table by
-comparing successive samples; ustack picks the profile from the rate of the
-last window directly, which is deterministic and easy to test.
+``adaptive-rx`` lets net_dim (lib/dim/net_dim.c, here nic/dim.py) pick
+rx-usecs/rx-frames per queue, as virtio_net and mlx5 do: each interrupt
+feeds it the queue's interrupt, packet and byte counts, and every 64
+interrupts it steps through the RX profiles towards more bytes per
+millisecond. Bulk traffic climbs to the long holds; request/response, whose
+throughput only drops when the interrupt waits, settles on profile 0.
 """
 
 from __future__ import annotations
@@ -21,13 +22,9 @@ from typing import Any
 
 import trio
 
+from .dim import TUNE_STATE_NAMES, Dim, DimSample
 from .napi import cpu_relax, timers_are_exact
 
-# (packets per second at or above which the profile applies, rx-usecs, rx-frames),
-# lowest first: like net_dim's RX profiles, from "no moderation" to "batch".
-DIM_PROFILES = ((0, 0, 0), (10_000, 8, 32), (40_000, 32, 64), (100_000, 64, 128))
-DIM_WINDOW_IRQS = 16  # interrupts per rate sample
-DIM_WINDOW_SECS = 0.05  # a sample also ends after this long
 MAX_USECS = 100_000
 SPIN_SECS = 0.002  # holds shorter than this are spun, not slept (see irq_wait)
 MAX_FRAMES = 65536
@@ -38,28 +35,26 @@ class CoalesceError(ValueError):
 
 
 class QueueIrq:
-    """One queue's interrupt state: counters and the adaptive sample window."""
+    """One queue's interrupt state: counters and its net_dim (struct dim)."""
 
-    __slots__ = ("interrupts", "frames_at_irq", "level", "win_start", "win_irqs",
-                 "win_frames")
+    __slots__ = ("interrupts", "frames_at_irq", "dim")
 
     def __init__(self) -> None:
         self.interrupts = 0
         self.frames_at_irq = 0  # frames waiting on the ring when the interrupt fired
-        self.level = 0  # adaptive profile in use
-        self.win_start = -1.0
-        self.win_irqs = 0
-        self.win_frames = 0
+        self.dim = Dim()
 
 
 class Coalesce:
     """The device's RX coalescing settings and each queue's interrupt state."""
 
-    def __init__(self, nqueues: int) -> None:
+    def __init__(self, nqueues: int, rx_counters: Callable[[int], tuple[int, int]]) -> None:
+        """*rx_counters(q)* is queue q's (rx_packets, rx_bytes) so far, net_dim's input."""
         self.rx_usecs = 0
         self.rx_frames = 0
         self.adaptive_rx = False
         self.queues = [QueueIrq() for _ in range(nqueues)]
+        self._rx_counters = rx_counters
 
     def set(self, changes: dict[str, Any]) -> None:
         """Apply ``{"rx-usecs": N, "rx-frames": N, "adaptive-rx": bool}``, all or nothing."""
@@ -83,40 +78,41 @@ class Coalesce:
             else:
                 raise CoalesceError(f"unknown coalescing parameter {name!r} "
                                     "(rx-usecs, rx-frames, adaptive-rx)")
+        if adaptive and not self.adaptive_rx:
+            # Switched on: each queue's net_dim starts afresh (a new struct dim).
+            for st in self.queues:
+                st.dim = Dim()
         self.rx_usecs, self.rx_frames, self.adaptive_rx = usecs, frames, adaptive
 
     def params(self, q: int) -> tuple[int, int]:
         """(rx-usecs, rx-frames) in force for queue *q* now."""
         if self.adaptive_rx:
-            _, usecs, frames = DIM_PROFILES[self.queues[q].level]
-            return usecs, frames
+            return self.queues[q].dim.moderation()
         return self.rx_usecs, self.rx_frames
 
     def show(self) -> dict[str, Any]:
-        """What ``ethtool -c`` prints, plus each queue's adaptive choice."""
+        """What ``ethtool -c`` prints, plus each queue's adaptive choice (net_dim profile)."""
         return {
             "adaptive-rx": self.adaptive_rx, "rx-usecs": self.rx_usecs,
             "rx-frames": self.rx_frames,
-            "queues": [{"rx-usecs": self.params(q)[0], "rx-frames": self.params(q)[1]}
-                       for q in range(len(self.queues))],
+            "queues": [{"rx-usecs": self.params(q)[0], "rx-frames": self.params(q)[1],
+                        "profile": st.dim.profile_ix,
+                        "tune-state": TUNE_STATE_NAMES[st.dim.tune_state]}
+                       for q, st in enumerate(self.queues)],
         }
 
     def interrupt(self, q: int, frames: int, now: float) -> None:
-        """Count queue *q*'s interrupt with *frames* waiting; feed the adaptive sample."""
+        """Count queue *q*'s interrupt with *frames* waiting; feed net_dim a sample.
+
+        As virtnet_rx_dim_update: the events are the queue's interrupts, the
+        packets and bytes its RX counters (those polled so far).
+        """
         st = self.queues[q]
         st.interrupts += 1
         st.frames_at_irq += frames
-        if not self.adaptive_rx:
-            return
-        if st.win_start < 0:
-            st.win_start = now
-        st.win_irqs += 1
-        st.win_frames += frames
-        elapsed = now - st.win_start
-        if st.win_irqs >= DIM_WINDOW_IRQS or elapsed >= DIM_WINDOW_SECS:
-            rate = st.win_frames / elapsed if elapsed > 0 else float("inf")
-            st.level = max(i for i, p in enumerate(DIM_PROFILES) if rate >= p[0])
-            st.win_start, st.win_irqs, st.win_frames = now, 0, 0
+        if self.adaptive_rx:
+            packets, nbytes = self._rx_counters(q)
+            st.dim.net_dim(DimSample(now, st.interrupts, packets, nbytes))
 
     async def irq_wait(self, q: int, link: Any, dma: Callable[[int], int],
                        fill: Callable[[], int], ring_size: int) -> None:

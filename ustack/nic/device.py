@@ -150,7 +150,8 @@ class NetDevice:
         self.active_queues = len(links)
         self._set_queue_attached = set_queue_attached
         # ethtool -c/-C: when each queue's interrupt fires after frames land.
-        self.coalesce = Coalesce(len(links))
+        self.coalesce = Coalesce(
+            len(links), lambda q: (self.qstats[q].rx_packets, self.qstats[q].rx_bytes))
         # VLAN ids with a sub-interface (ndo_vlan_rx_add_vid): rx-vlan-filter passes them.
         self.vlan_filter: set[int] = set()
         # The XDP program at the RX ring and its verdict counters (nic/xdp.py).
