@@ -169,8 +169,8 @@ LOSS_CCS = ("reno", "cubic")
 # The coalescing table: (label, ``ustack ethtool -C`` arguments).
 COALESCE_SETTINGS = [
     ("rx-usecs 0", ["rx-usecs", "0", "rx-frames", "0", "adaptive-rx", "off"]),
-    ("rx-usecs 50 rx-frames 16", ["rx-usecs", "50", "rx-frames", "16"]),
-    ("rx-usecs 250 rx-frames 64", ["rx-usecs", "250", "rx-frames", "64"]),
+    ("rx-usecs 50 rx-frames 16", ["rx-usecs", "50", "rx-frames", "16", "adaptive-rx", "off"]),
+    ("rx-usecs 250 rx-frames 64", ["rx-usecs", "250", "rx-frames", "64", "adaptive-rx", "off"]),
     ("adaptive-rx on", ["rx-usecs", "0", "rx-frames", "0", "adaptive-rx", "on"]),
 ]
 TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)

@@ -52,7 +52,10 @@ class Coalesce:
         """*rx_counters(q)* is queue q's (rx_packets, rx_bytes) so far, net_dim's input."""
         self.rx_usecs = 0
         self.rx_frames = 0
-        self.adaptive_rx = False
+        # On by default, as server NIC drivers have it (mlx5, ice): under bulk
+        # net_dim moves to the held profiles, under request/response it stays
+        # on the lowest. rx-usecs/rx-frames apply with adaptive-rx off.
+        self.adaptive_rx = True
         self.queues = [QueueIrq() for _ in range(nqueues)]
         self._rx_counters = rx_counters
 
