@@ -486,8 +486,8 @@ def test_ephemeral_ports_of_ten_thousand_connections_are_spread(netns):
     assert chi2([p - low for p in spread], span) < CHI2_15
     assert near < len(steps) // 100
     # To one destination, the flow's counter moves by 2 plus max(a random even
-    # step below 16, the ports it had to skip): ports the earlier flows still
-    # hold (TIME-WAIT) make longer steps, never odd or backward ones.
+    # step below 16, the ports it had to skip): ports this destination's earlier
+    # flows still hold (TIME-WAIT) make longer steps, never odd or backward ones.
     assert len(set(walk)) == WALK
     assert all(s % 2 == 0 and s >= 2 for s in walk_steps)
     assert sum(1 for s in walk_steps if s <= 16) > len(walk_steps) // 2

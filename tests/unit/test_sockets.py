@@ -444,3 +444,55 @@ def test_file_max_bounds_open_sockets_and_accept_keeps_the_connection():
             assert b.nr_files == 0
 
     run(main)
+
+
+def test_connect_shares_a_local_port_across_destinations_as_linux_does():
+    """__inet_hash_connect: a port taken by connect() serves other destinations too;
+    the range bounds connections per destination. bind() still conflicts with it."""
+    wire, a, b = make_pair()
+    a.sysctl.set("net.ipv4.ip_local_port_range", "40000 40001")
+
+    async def main():
+        async with running(a, b):
+            listeners = []
+            for port in (7001, 7002, 7003):
+                ls = b.socket()
+                await ls.bind(("", port))
+                ls.listen(8)
+                listeners.append(ls)
+            clients = []
+            for port in (7001, 7001, 7002, 7002, 7003):
+                c = a.socket()
+                await c.connect(("10.0.0.2", port))
+                clients.append(c)
+            local = [c.getsockname()[1] for c in clients]
+            assert set(local) == {40000, 40001}
+            # Both ports already carry a connection to 7001: no third one.
+            c = a.socket()
+            with pytest.raises(OSError) as e:
+                await c.connect(("10.0.0.2", 7001))
+            assert e.value.errno == errno.EADDRNOTAVAIL
+            c.close()
+            # An explicit bind() to a port connect() holds is a conflict.
+            s = a.socket()
+            with pytest.raises(OSError) as e:
+                await s.bind(("", 40000))
+            assert e.value.errno == errno.EADDRINUSE
+            s.close()
+            # The shared ports carry their own streams.
+            dests = (7001, 7001, 7002, 7002, 7003)
+            sent = {}
+            for i, c in enumerate(clients):
+                await c.sendall(b"flow %d" % i)
+                sent[(dests[i], c.getsockname()[1])] = b"flow %d" % i
+            for ls, port in zip(listeners, (7001, 7002, 7003), strict=True):
+                for _ in range(dests.count(port)):
+                    srv, peer = await ls.accept()
+                    assert await srv.recv(100) == sent.pop((port, peer[1]))
+                    srv.close()
+                ls.close()
+            assert not sent
+            for c in clients:
+                c.close()
+
+    run(main)

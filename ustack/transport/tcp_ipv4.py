@@ -52,14 +52,41 @@ SKB_GSO_TCPV4 = 1  # gso_type of a TCP/IPv4 super-segment (VIRTIO_NET_HDR_GSO_TC
 class Binding:
     """One bound local address and port (an entry of the kernel's bind bucket)."""
 
-    __slots__ = ("addr", "port", "reuseaddr", "listening", "released")
+    __slots__ = ("addr", "port", "reuseaddr", "listening", "released", "autobind")
 
-    def __init__(self, addr: bytes, port: int, reuseaddr: bool) -> None:
+    def __init__(self, addr: bytes, port: int, reuseaddr: bool, autobind: bool = False) -> None:
         self.addr = addr
         self.port = port
         self.reuseaddr = reuseaddr
         self.listening = False
         self.released = False
+        #: Taken by connect() (``__inet_hash_connect``), not bind(): the port may be
+        #: shared with other connections to other destinations.
+        self.autobind = autobind
+
+
+class _ConnectPortsInUse:
+    """The ports ``__inet_hash_connect`` may not take for one flow.
+
+    A port is usable when every socket on it got it from connect() (a bind
+    bucket with fastreuse -1) and none of them has this flow's 4-tuple
+    (``__inet_check_established``): so one local port serves connections to
+    many destinations, as in Linux, and the range limits connections per
+    destination, not in total.
+    """
+
+    def __init__(self, tcp: TcpV4, saddr: bytes, daddr: bytes, dport: int) -> None:
+        self._tcp = tcp
+        self._flow = (saddr, daddr, dport)
+
+    def __contains__(self, port: int) -> bool:
+        owners = self._tcp.bhash.get(port)
+        if not owners:
+            return False
+        if not all(b.autobind for b in owners):
+            return True
+        saddr, daddr, dport = self._flow
+        return (saddr, port, daddr, dport) in self._tcp.ehash
 
 
 class TcpV4:
@@ -318,6 +345,12 @@ class TcpV4:
         """
         if addr != ANY and addr not in self.ipv4.local_addrs:
             raise OSError(errno.EADDRNOTAVAIL, "cannot assign requested address")
+        if port == 0 and flow is not None:
+            # connect() on an unbound socket: a port this flow may share.
+            port = ephemeral_port(self.sysctl, _ConnectPortsInUse(self, *flow), flow)
+            binding = Binding(addr, port, reuseaddr, autobind=True)
+            self.bhash.setdefault(port, []).append(binding)
+            return binding
         if port == 0:
             port = ephemeral_port(self.sysctl, self.bhash, flow)
         for other in self.bhash.get(port, ()):
