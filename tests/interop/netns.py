@@ -122,6 +122,34 @@ class Daemon:
             return f.read()
 
 
+# The kernel side of port tests: accept N connections to 10.0.0.1:5001 with a
+# backlog (argv[2], default 64), record each peer's source port, print them as
+# JSON after a "listening" line.
+RECORD_PORTS = """
+import json, socket, sys
+n = int(sys.argv[1])
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("10.0.0.1", 5001))
+ls.listen(int(sys.argv[2]) if len(sys.argv) > 2 else 64)
+print("listening", flush=True)
+ports = []
+for _ in range(n):
+    c, (_, port) = ls.accept()
+    ports.append(port)
+    c.close()
+print(json.dumps(ports), flush=True)
+"""
+
+
+def reap(procs: list[subprocess.Popen]) -> None:
+    """Kill and wait for the helper processes a test started that still run."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
     """Poll *predicate* until it returns something true or time runs out."""
     end = time.monotonic() + timeout

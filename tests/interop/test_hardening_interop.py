@@ -21,7 +21,7 @@ import threading
 import time
 
 import pytest
-from netns import USTACK, Daemon
+from netns import RECORD_PORTS, USTACK, Daemon
 
 from ustack.services.http import pattern_bytes
 
@@ -157,26 +157,9 @@ def test_isns_of_many_connections_are_unpredictable(netns, echo):
     assert len({d >> 28 for d in deltas}) >= 12
 
 
-LISTEN = textwrap.dedent(r"""
-    import json, socket, sys
-    n = int(sys.argv[1])
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("10.0.0.1", 5001))
-    ls.listen(64)
-    print("listening", flush=True)
-    ports = []
-    for _ in range(n):
-        c, (_, port) = ls.accept()
-        ports.append(port)
-        c.close()
-    print(json.dumps(ports), flush=True)
-""")
-
-
 def test_ephemeral_ports_of_the_stack_are_randomised(netns, echo):
     n = 6  # each `ustack nc` is a CLI start-up: keep the count small
-    server = netns.popen([sys.executable, "-c", LISTEN, str(n)], stdout=subprocess.PIPE,
+    server = netns.popen([sys.executable, "-c", RECORD_PORTS, str(n)], stdout=subprocess.PIPE,
                          text=True)
     assert server.stdout.readline().strip() == "listening"
     for _ in range(n):

@@ -21,7 +21,7 @@ import textwrap
 import threading
 import time
 
-from netns import Daemon
+from netns import RECORD_PORTS, Daemon, reap
 
 from ustack.transport.tcp.secure import ISN_TICKS_PER_SECOND
 
@@ -234,10 +234,7 @@ def test_million_random_and_mutated_frames_while_a_transfer_runs(netns):
         alive = d.proc.poll() is None
         log = d.log_text()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(procs)
         code = d.stop()
     read = sum(grew(after, before, "ethtool", k)
                for k in ("rx_packets", "rx_length_errors", "rx_fifo_errors"))
@@ -399,21 +396,6 @@ def test_isns_of_ten_thousand_connections_show_no_predictable_increment(netns):
     assert drift and all(abs(x) < ISN_TICKS_PER_SECOND // 2 for x in drift), drift
 
 
-# The kernel accepts every connection to 10.0.0.1 on its one listener (a
-# REDIRECT in the namespace sends ports 20000-39999 there too), records the
-# stack's source port and closes.
-LISTEN = textwrap.dedent(r"""
-    import json, socket, sys
-    n = int(sys.argv[1])
-    ls = socket.create_server(("10.0.0.1", 5001), backlog=4096)
-    print("listening", flush=True)
-    ports = []
-    for _ in range(n):
-        c, (_, port) = ls.accept()
-        ports.append(port)
-        c.close()
-    print(json.dumps(ports), flush=True)
-""")
 
 
 def nc_ports(control: str, dports: list[int], threads: int) -> list[int]:
@@ -447,8 +429,10 @@ def test_ephemeral_ports_of_ten_thousand_connections_are_spread(netns):
     try:
         netns.run(["iptables", "-t", "nat", "-A", "PREROUTING", "-i", "tap0", "-p", "tcp",
                    "--dport", "20000:39999", "-j", "REDIRECT", "--to-ports", "5001"])
-        server = netns.popen([sys.executable, "-c", LISTEN, str(CONNECTIONS + WALK)],
-                             stdout=subprocess.PIPE, text=True)
+        # The kernel's one listener (a REDIRECT sends ports 20000-39999 there
+        # too) records the stack's source ports.
+        server = netns.popen([sys.executable, "-c", RECORD_PORTS, str(CONNECTIONS + WALK),
+                              "4096"], stdout=subprocess.PIPE, text=True)
         procs.append(server)
         assert server.stdout.readline().strip() == "listening"
         t0 = time.monotonic()
@@ -461,10 +445,7 @@ def test_ephemeral_ports_of_ten_thousand_connections_are_spread(netns):
                      .stdout.split("=")[1].split())
         log = d.log_text()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(procs)
         code = d.stop()
     assert code == 0 and "Traceback" not in log, log
     span = high - low + 1

@@ -418,6 +418,19 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         carries. With *fastopen* the SYN's data is accepted now and the
         SYN-ACK acknowledges it (``tcp_fastopen_create_child``).
         """
+        self.create_openreq_child(syn, now)
+        self._synack_cookie = synack_cookie
+        if fastopen:
+            self.fastopen_rsk = True
+            self._fastopen_add_skb(syn)
+        self._send_syn(now)
+
+    def create_openreq_child(self, syn: Segment, now: float) -> None:
+        """SYN-RECEIVED with what the peer's *syn* offered (``tcp_create_openreq_child``).
+
+        Shared by a SYN that made a request (``open_passive``) and by the ACK of
+        a SYN cookie, whose SYN is rebuilt from the cookie (listen.py).
+        """
         self.irs = syn.seq
         self.rcv_nxt = self.rcv_wup = seq_add(syn.seq, 1)
         self.rcv_wnd = min(self.win_from_space(self.rcvbuf), 65535)
@@ -426,11 +439,6 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         self.snd_wl1 = syn.seq
         self.last_rcv = self._last_data_recv = now
         self._set_state(TcpState.SYN_RECV)
-        self._synack_cookie = synack_cookie
-        if fastopen:
-            self.fastopen_rsk = True
-            self._fastopen_add_skb(syn)
-        self._send_syn(now)
 
     def _fastopen_add_skb(self, syn: Segment) -> None:
         """Queue the data of a Fast Open SYN for the application (``tcp_fastopen_add_skb``).

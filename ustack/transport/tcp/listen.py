@@ -334,14 +334,7 @@ class TcpListener:
         # (its low bits carry options), as in the kernel: tcp_rcv_state_process
         # -> tcp_synack_rtt_meas(sk, NULL) -> tcp_ack_update_rtt's TSecr fallback.
         child = self._new_child(lip, remote_ip, seg.sport, iss, now, ts_off)
-        child.irs = syn.seq
-        child.rcv_nxt = child.rcv_wup = seg.seq
-        child.rcv_wnd = min(child.win_from_space(child.rcvbuf), 65535)
-        child._negotiate(syn)
-        child.snd_wnd = child.max_window = seg.window
-        child.snd_wl1 = syn.seq
-        child.last_rcv = child._last_data_recv = now
-        child._set_state(TcpState.SYN_RECV)
+        child.create_openreq_child(syn, now)
         child.snd_nxt = child.snd_max = seq_add(iss, 1)
         child.listener = self
         # tcp_child_process: the ACK (and any data on it) completes the handshake.
