@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("-c", dest="show_coalesce", action="store_true",
                       help="interrupt coalescing settings")
     mode.add_argument("-C", dest="set_coalesce", nargs="+", metavar="PARAM VALUE",
-                      help="change coalescing: rx-usecs N, rx-frames N, adaptive-rx on|off")
+                      help="change coalescing: rx-usecs N, rx-frames N, adaptive-rx on|off "
+                           "(on by default; rx-usecs/rx-frames apply with it off)")
     _add_client_args(eth)
 
     rps = sub.add_parser(
