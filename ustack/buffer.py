@@ -91,9 +91,8 @@ class Packet:
         cls, payload: bytes | bytearray | memoryview = b"", headroom: int = MAX_HEADER
     ) -> Packet:
         """A transmit packet holding *payload* with room for headers in front."""
-        buf = bytearray(headroom + len(payload))
-        buf[headroom:] = payload
-        return cls(buf, headroom)
+        # One allocation and one copy of the payload (no zero-fill to overwrite).
+        return cls(bytearray(headroom) + payload, headroom)
 
     def push(self, n: int) -> int:
         """Open *n* bytes in front of the data and return their offset."""

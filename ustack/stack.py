@@ -150,6 +150,7 @@ class Stack:
         self.tcp = TcpV4(self.sysctl, self.stats, self.ipv4, self.timers, self.now,
                          lambda: (self.dev.tx_csum, self.dev.gso_max_size),
                          self.dev.flow_queue)
+        self.dev.features_changed.append(self.tcp.offload_changed)
         # ptype_base: EtherType -> handler.
         self.ptype: dict[int, Callable[[Packet], None]] = {
             ETH_P_IP: self.ipv4.ip_rcv,
@@ -365,7 +366,12 @@ class Stack:
         if nexthop == LIMITED_BROADCAST or nexthop == self.ipv4.broadcast:
             self._xmit(pkt, BROADCAST, ETH_P_IP)
             return
-        mac = self.arp.resolve(nexthop, pkt, self.now())
+        now = self.now()
+        mac = self.arp.connected(nexthop, now)
+        if mac is not None:
+            self._xmit(pkt, mac, ETH_P_IP)
+            return
+        mac = self.arp.resolve(nexthop, pkt, now)
         if mac is not None:
             self._xmit(pkt, mac, ETH_P_IP)
         self._arp_flush()

@@ -212,6 +212,22 @@ class ArpTable:
             self.stats.arp_cache["hits"] += 1
         return n
 
+    def connected(self, ip: bytes, now: float) -> bytes | None:
+        """The MAC of a NUD_CONNECTED neighbour of *ip*, else None.
+
+        The transmit fast path (``neigh_connected_output`` with the cached
+        hardware header of ``neigh_hh_output``): a reachable entry sends at
+        once and moves no state; anything else takes :meth:`resolve`.
+        """
+        n = self._tbl.get(ip)
+        if n is None or not n.state & NUD_CONNECTED:
+            return None
+        cache = self.stats.arp_cache
+        cache["lookups"] += 1
+        cache["hits"] += 1
+        self._now = n.used = now
+        return n.mac
+
     def _gc_entries(self) -> int:
         # tbl->gc_entries: permanent entries are exempt from GC and its limits.
         return sum(1 for n in self._tbl.values() if n.state != NUD_PERMANENT)

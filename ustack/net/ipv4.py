@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 
 from ..buffer import CHECKSUM_PARTIAL, Packet, skb_checksum_help
-from ..checksum import checksum_ok, internet_checksum
+from ..checksum import internet_checksum
 from ..stats import Stats
 from ..sysctl import Sysctl
 from .ethernet import PACKET_OTHERHOST
@@ -33,6 +33,7 @@ IP_DF = 0x4000
 IP_MF = 0x2000
 IP_OFFSET = 0x1FFF
 IPHDR = struct.Struct("!BBHHHBBH4s4s")
+_U16 = struct.Struct("!H")
 IP_HLEN = 20
 
 # Option types (RFC 791 section 3.1).
@@ -167,7 +168,9 @@ class Ipv4:
             ip["InHdrErrors"] += 1
             return
         view = memoryview(buf)
-        if not checksum_ok(view[off : off + ihl]):
+        # ip_fast_csum, inlined: a valid (non-zero) header's words sum to 0xffff,
+        # i.e. the header as one integer is a multiple of 0xffff.
+        if int.from_bytes(buf[off : off + ihl], "big") % 0xFFFF:
             self.stats.ipext["InCsumErrors"] += 1
             ip["InHdrErrors"] += 1
             return
@@ -309,8 +312,10 @@ class Ipv4:
                 pkt.buf, off, 0x45, tos, tot_len, self.next_ident(segs), IP_DF if df else 0,
                 ttl, proto, 0, src, dst,
             )
-            csum = internet_checksum(memoryview(pkt.buf)[off : off + IP_HLEN])
-            struct.pack_into("!H", pkt.buf, off + 10, csum)
+            # ip_send_check: the header sum as one big-integer reduction, folded.
+            buf = pkt.buf
+            csum = (0xFFFF - int.from_bytes(buf[off : off + IP_HLEN], "big") % 0xFFFF) % 0xFFFF
+            _U16.pack_into(buf, off + 10, csum)
             if self.nf is not None and not self.nf.local_out(memoryview(pkt.buf)[off : pkt.tail]):
                 return 1  # EPERM, as ip_local_out returns for NF_DROP
             self.stats.ipext["OutOctets"] += tot_len

@@ -160,6 +160,8 @@ class NetDevice:
         # Capture taps at the ring and at the wire (capture.py); None: no capture.
         self.tap_rx: Callable[[memoryview], None] | None = None
         self.tap_tx: Callable[[memoryview], None] | None = None
+        # Called after the features changed (the NETDEV_FEAT_CHANGE notifier).
+        self.features_changed: list[Callable[[], None]] = []
         self.features = Features(hw_features, features)
         self.features.on_change = self._apply_features
         self._apply_features(self.features.active)
@@ -220,6 +222,8 @@ class NetDevice:
             flags = (_TUN_F_CSUM if RX_CSUM in active else 0) | (
                 _TUN_F_TSO if GRO_HW in active else 0)
             self._set_offload(flags)
+        for hook in self.features_changed:
+            hook()
 
     @property
     def gso_max_size(self) -> int:

@@ -105,6 +105,7 @@ class TcpV4:
         # What the route's device does for us (sk_setup_caps): (TX checksum
         # offload, largest super-segment it takes; 0 = MSS-sized only).
         self.offload = offload
+        self.tx_csum, self.gso_max = offload()
         # The device queue for a flow, by RSS of (remote, local): netdev_pick_tx.
         self.flow_queue = flow_queue
         self.ehash: dict[Key, TcpConnection] = {}
@@ -219,6 +220,13 @@ class TcpV4:
 
     # ---- output and timers --------------------------------------------------
 
+    def offload_changed(self) -> None:
+        """The device's features changed (``netdev_features_change``): every
+        socket takes the new TX checksum and super-segment limits."""
+        self.tx_csum, self.gso_max = self.offload()
+        for conn in self._timers:
+            conn.gso_max = self.gso_max
+
     def _xmit(self, seg: Any, saddr: bytes, daddr: bytes, mss: int = 0, queue: int = 0,
               owner: TcpConnection | None = None) -> None:
         """``tcp_transmit_skb`` + ``ip_queue_xmit`` for one segment.
@@ -229,7 +237,7 @@ class TcpV4:
         segment is charged to its *owner* until the device completes it
         (``skb_set_owner_w`` / ``tcp_wfree``): TCP Small Queues.
         """
-        csum_offload, _ = self.offload()
+        csum_offload = self.tx_csum
         gso = mss and len(seg.payload) > mss and not seg.flags & SYN
         # A super-segment is always left CHECKSUM_PARTIAL, as tcp_v4_send_check
         # leaves every skb: TSO finishes it in the kernel, software GSO sums
@@ -294,7 +302,7 @@ class TcpV4:
         timer = Timer(lambda now, c=conn: self._on_timer(c, now))
         self._timers[conn] = timer
         conn.on_output = lambda c=conn: self.process(c)
-        conn.gso_max = lambda: self.offload()[1]
+        conn.gso_max = self.gso_max
         conn.tfo = self.fastopen
         conn.metrics = self.metrics
         conn.mem_account = self.mem

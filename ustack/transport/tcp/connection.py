@@ -89,8 +89,12 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         #: Segments to transmit, oldest first; the glue drains it after every call.
         self.out: list[Segment] = []
         #: The largest super-segment the route's device takes (TSO/GSO); 0 means
-        #: MSS-sized segments only. Set by the glue (sk_setup_caps).
-        self.gso_max: Callable[[], int] = lambda: 0
+        #: MSS-sized segments only. Set by the glue (sk_setup_caps), and again
+        #: when the device's features change.
+        self.gso_max = 0
+        #: The last size goal the sender worked with (``tp->xmit_size_goal_segs``
+        #: times the MSS): what send-queue truesize is charged by.
+        self.xmit_size_goal = 0
         #: The TcpListener this passive connection came from, while not yet accepted.
         self.listener: Any = None
         #: Last network error seen for this flow (sk_err_soft), reported instead of

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ustack.buffer import CHECKSUM_PARTIAL, MAX_HEADER, Packet
 from ustack.checksum import checksum_ok, internet_checksum, pseudo_header_sum
 
-from .options import TcpOptions, parse_options
+from .options import TCPOLEN_TSTAMP_ALIGNED, TcpOptions, parse_options
 
 FIN = 0x01
 SYN = 0x02
@@ -31,6 +31,10 @@ IPPROTO_TCP = 6
 TCP_HLEN = 20
 
 _hdr = struct.Struct("!HHIIHHHH")
+# The header followed by NOP NOP TIMESTAMP (RFC 7323 appendix A layout).
+_hdr_ts = struct.Struct("!HHIIHHHHIII")
+_TS_WORD = 0x0101080A
+_u16 = struct.Struct("!H")
 _FLAG_NAMES = ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
                (ECE, "E"), (CWR, "W"))
 
@@ -109,22 +113,36 @@ def build_segment(
     for ``CHECKSUM_PARTIAL`` in the kernel, only the pseudo-header sum is
     stored and ``csum_start``/``csum_offset`` tell the device where to finish.
     """
-    opts = seg.options.to_bytes() if seg.options is not None else b""
-    hlen = TCP_HLEN + len(opts)
+    opts = seg.options
     pkt = Packet.alloc(seg.payload, headroom)
-    off = pkt.push(hlen)
     buf = pkt.buf
-    _hdr.pack_into(buf, off, seg.sport, seg.dport, seg.seq, seg.ack,
-                   (hlen << 10) | seg.flags, seg.window, 0, 0)
-    if opts:
-        buf[off + TCP_HLEN : off + hlen] = opts
+    if (opts is not None and opts.ts_val is not None and opts.mss is None
+            and opts.wscale is None and not opts.sack and opts.fastopen is None
+            and not opts.sack_ok):
+        # The established segment: header and aligned timestamp in one pack
+        # (tcp_options_write's OPTION_TS with NOP NOP in front).
+        off = pkt.push(TCP_HLEN + TCPOLEN_TSTAMP_ALIGNED)
+        _hdr_ts.pack_into(buf, off, seg.sport, seg.dport, seg.seq, seg.ack,
+                          (8 << 12) | seg.flags, seg.window, 0, 0, _TS_WORD,
+                          opts.ts_val, opts.ts_ecr)
+    else:
+        raw = opts.to_bytes() if opts is not None else b""
+        hlen = TCP_HLEN + len(raw)
+        off = pkt.push(hlen)
+        _hdr.pack_into(buf, off, seg.sport, seg.dport, seg.seq, seg.ack,
+                       (hlen << 10) | seg.flags, seg.window, 0, 0)
+        if raw:
+            buf[off + TCP_HLEN : off + hlen] = raw
     pkt.trans_off = off
-    pseudo = pseudo_header_sum(src_ip, dst_ip, IPPROTO_TCP, len(pkt))
+    # The pseudo-header sum (RFC 9293 3.1) as one big-integer reduction, as
+    # csum_tcpudp_nofold: never 0, the protocol word alone makes it non-zero.
+    pseudo = (int.from_bytes(src_ip + dst_ip, "big") + IPPROTO_TCP + pkt.tail - off) % 0xFFFF \
+        or 0xFFFF
     if csum_partial_offload:
-        struct.pack_into("!H", buf, off + 16, pseudo)
+        _u16.pack_into(buf, off + 16, pseudo)
         pkt.ip_summed = CHECKSUM_PARTIAL
         pkt.csum_start = off
         pkt.csum_offset = 16
     else:
-        struct.pack_into("!H", buf, off + 16, internet_checksum(pkt.data(), pseudo))
+        _u16.pack_into(buf, off + 16, internet_checksum(pkt.data(), pseudo))
     return pkt

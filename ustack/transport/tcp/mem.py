@@ -126,7 +126,7 @@ class TcpMem:
     def wmem_queued(self) -> int:
         """``sk_wmem_queued``: truesize of the send queue (unsent and unacknowledged)."""
         n = len(self._sndq)
-        return truesize(n, max(self.size_goal, 1)) if n else 0
+        return truesize(n, self.xmit_size_goal or self.snd_mss) if n else 0
 
     def _rcvq_append(self, data: Any, charge: int | None = None) -> None:
         """Queue in-order *data* for the reader and charge it (``tcp_queue_rcv``).
@@ -335,7 +335,7 @@ class TcpMem:
         if self.wmem_alloc <= self.tsq_limit(nbytes) or not self.sysctl[
                 "ustack.tcp_small_queues"]:
             return False
-        if in_flight <= self.size_goal:
+        if in_flight <= self.xmit_size_goal:
             return False  # the retransmit queue is empty or holds one skb: always send
         if not self.tsq_throttled:
             self.tsq_throttled = True

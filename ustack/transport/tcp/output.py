@@ -15,7 +15,7 @@ from __future__ import annotations
 from .header import ACK, FIN, PSH, RST, SYN, Segment
 from .options import TcpOptions
 from .secure import oow_rate_limited
-from .seq import SEQ_MASK, after, before, seq_add, seq_sub
+from .seq import SEQ_HALF, SEQ_MASK, after, before, seq_add, seq_sub
 
 # Room kept for headers below TCP in a super-segment (include/net/tcp.h).
 MAX_TCP_HEADER = 320
@@ -59,7 +59,7 @@ class TcpOutput:
         which keeps TCP Small Queues' two-skb minimum small too.
         """
         mss = self.snd_mss
-        gso = self.gso_max()
+        gso = self.gso_max
         if gso <= mss:
             return mss
         goal = gso - 1 - MAX_TCP_HEADER
@@ -298,24 +298,27 @@ class TcpOutput:
         """Send what the windows, SWS avoidance, Nagle and cork allow (``tcp_write_xmit``)."""
         if not self.state_can_send():
             return
-        goal = self.size_goal
-        sndq_end = seq_add(self._sndq_seq, len(self._sndq))
+        goal = self.xmit_size_goal = self.size_goal
+        sndq_end = (self._sndq_seq + len(self._sndq)) & SEQ_MASK
         fin_pending = self._fin_queued
         if self.sack_ok and self.sb.rtx_todo:
             # Lost data first (RFC 6675 NextSeg rule 1), then new data.
             self._xmit_retransmit_queue(now)
         # Pipe, not FlightSize, is what cwnd limits (recovery.py _left_out).
         left_out = self._left_out()
+        snd_una = self.snd_una
+        wnd_end = (snd_una + self.snd_wnd) & SEQ_MASK
         while True:
             snd_nxt = self.snd_nxt
-            unsent = seq_sub(sndq_end, snd_nxt)
-            wnd_avail = seq_sub(seq_add(self.snd_una, self.snd_wnd), snd_nxt)
+            # seq_sub, inlined: the signed 32-bit distances of the loop.
+            unsent = ((sndq_end - snd_nxt + SEQ_HALF) & SEQ_MASK) - SEQ_HALF
+            wnd_avail = ((wnd_end - snd_nxt + SEQ_HALF) & SEQ_MASK) - SEQ_HALF
             if unsent <= 0:
                 # Only the FIN may be left; it needs one byte of window (RFC 9293 3.8.6).
                 if fin_pending and unsent == 0 and wnd_avail > 0:
                     self._send_data(snd_nxt, 0, True, now)
                 break
-            in_flight = seq_sub(snd_nxt, self.snd_una)
+            in_flight = ((snd_nxt - snd_una + SEQ_HALF) & SEQ_MASK) - SEQ_HALF
             room = self.cwnd - in_flight + left_out
             n = min(unsent, goal, wnd_avail, room)
             if n <= 0:

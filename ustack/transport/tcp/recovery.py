@@ -317,6 +317,11 @@ class TcpRecovery:
         elif dup or flag & FLAG_DATA_SACKED:
             self.dupacks += 1
         state = ca.ca_state
+        if (state == CA_OPEN and not flag and not self.dupacks and self.undo_marker is None
+                and not (sb.sacked_out or sb.lost_out or sb.retrans_out)):
+            # The common ACK (tcp_fastretrans_alert's fast exit for FLAG_NOT_DUP in
+            # Open): nothing SACKed, lost or retransmitted, so nothing to mark or undo.
+            return
         if state == CA_LOSS:
             self._sack_process_loss(seg, flag, acked, dup)
             return

@@ -9,7 +9,7 @@ the numbers are less than 2**31 apart.
 from __future__ import annotations
 
 SEQ_MASK = 0xFFFFFFFF
-_HALF = 0x80000000
+SEQ_HALF = 0x80000000
 
 
 def seq_add(seq: int, n: int) -> int:
@@ -20,17 +20,17 @@ def seq_add(seq: int, n: int) -> int:
 def seq_sub(a: int, b: int) -> int:
     """The signed distance ``a - b`` in sequence space (-2**31 .. 2**31-1)."""
     d = (a - b) & SEQ_MASK
-    return d - 0x100000000 if d & _HALF else d
+    return d - 0x100000000 if d & SEQ_HALF else d
 
 
 def before(seq1: int, seq2: int) -> bool:
     """True when *seq1* comes strictly before *seq2*."""
-    return (seq1 - seq2) & SEQ_MASK >= _HALF
+    return (seq1 - seq2) & SEQ_MASK >= SEQ_HALF
 
 
 def after(seq1: int, seq2: int) -> bool:
     """True when *seq1* comes strictly after *seq2*."""
-    return (seq2 - seq1) & SEQ_MASK >= _HALF
+    return (seq2 - seq1) & SEQ_MASK >= SEQ_HALF
 
 
 def between(seq1: int, seq2: int, seq3: int) -> bool:
