@@ -106,6 +106,8 @@ class Stack:
         vlans: list[tuple[int, ipaddress.IPv4Interface]] | None = None,
         txqueuelen: int = 1000,
     ) -> None:
+        # The clock of the trio run the stack is running in (see now()).
+        self._clock: trio.abc.Clock | None = None
         self.sysctl = sysctl if sysctl is not None else Sysctl()
         self.stats = Stats()
         #: Open sockets, the first field of /proc/sys/fs/file-nr (bounded by fs.file-max).
@@ -180,15 +182,26 @@ class Stack:
         self.netfilter = Netfilter(self.stats)
         self.netfilter.on_change = self._nf_changed
 
-    @staticmethod
-    def now() -> float:
-        """The stack's clock: trio's, so tests can run on MockClock."""
-        return trio.current_time()
+    def now(self) -> float:
+        """The stack's clock: trio's, so tests can run on MockClock.
+
+        While the stack runs, the run's clock is asked directly: the same
+        time as ``trio.current_time()`` for two calls fewer on every packet.
+        """
+        clock = self._clock
+        return clock.current_time() if clock is not None else trio.current_time()
 
     # ---- the loop ---------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the stack until cancelled: IRQ tasks, ksoftirqd, timers."""
+        self._clock = trio.lowlevel.current_clock()
+        try:
+            await self._run(task_status)
+        finally:
+            self._clock = None
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             for q in range(self.dev.num_queues):
                 nursery.start_soon(self._irq_loop, q)

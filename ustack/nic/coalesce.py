@@ -27,6 +27,9 @@ from .napi import cpu_relax, timers_are_exact
 
 MAX_USECS = 100_000
 SPIN_SECS = 0.002  # holds shorter than this are spun, not slept (see irq_wait)
+# The last stretch of a hold shorter than one turn of the trio loop is spun
+# without yielding: a yield would overshoot the hold several times over.
+TIGHT_SPIN_SECS = 25e-6
 MAX_FRAMES = 65536
 
 
@@ -133,16 +136,21 @@ class Coalesce:
             deadline = trio.current_time() + usecs / 1e6
             # On the system clock a timed wait ends in epoll, whose timeout has
             # millisecond granularity: the last 2 ms are spun instead, yielding
-            # so the loop's other tasks run. MockClock's timers are exact.
-            slack = 0.0 if timers_are_exact() else SPIN_SECS
+            # so the loop's other tasks run, and the last TIGHT_SPIN_SECS are
+            # spun on the link alone, as the hardware timer would just expire.
+            # MockClock's timers are exact: everything is slept.
+            exact = timers_are_exact()
+            slack = 0.0 if exact else SPIN_SECS
+            tight = 0.0 if exact else TIGHT_SPIN_SECS
             while not (frames and fill() >= frames) and fill() < ring_size:
                 now = trio.current_time()
                 if now >= deadline:
                     break
-                if deadline - now > slack:
+                left = deadline - now
+                if left > slack:
                     with trio.move_on_at(deadline - slack):
                         await link.wait_readable()
-                else:
+                elif left > tight:
                     await cpu_relax()
                 dma(q)
         self.interrupt(q, fill(), trio.current_time())

@@ -289,22 +289,20 @@ class TcpSocket(StackSocket):
             await trio.lowlevel.checkpoint_if_cancelled()
             self._rps_record_flow()
             polled = False
-            while True:
-                try:
-                    data = conn.recv(bufsize, self._now()) if bufsize else b""
-                except BlockingIOError:
-                    if flags & MSG_DONTWAIT:
-                        raise
-                    if not polled:
-                        # tcp_recvmsg: busy-poll the queue once before sleeping.
-                        polled = True
-                        await self._busy_poll(
-                            lambda: bool(conn.readable_bytes or conn.eof or conn.error))
-                        continue
-                    await self._wait()
+            while bufsize and conn.recv_would_block:
+                # Asked before reading, so waiting raises no exception on the hot path.
+                if flags & MSG_DONTWAIT:
+                    raise BlockingIOError(errno.EAGAIN, "resource temporarily unavailable")
+                if not polled:
+                    # tcp_recvmsg: busy-poll the queue once before sleeping.
+                    polled = True
+                    await self._busy_poll(
+                        lambda: bool(conn.readable_bytes or conn.eof or conn.error))
                     continue
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return data
+                await self._wait()
+            data = conn.recv(bufsize, self._now()) if bufsize else b""
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
         finally:
             self._recv_busy = False
 

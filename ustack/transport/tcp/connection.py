@@ -343,6 +343,12 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         return len(self._rcvq)
 
     @property
+    def recv_would_block(self) -> bool:
+        """``recv`` would raise EAGAIN: nothing queued, no error, no end of stream."""
+        return (not self._rcvq and self.error is None and not self.fin_received
+                and not self._shut_rd and self.state is not TcpState.CLOSED)
+
+    @property
     def eof(self) -> bool:
         """The peer's FIN arrived (or reading was shut down) and every byte was read."""
         return (self.fin_received or self._shut_rd) and not self._rcvq
@@ -508,9 +514,9 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         if not q:
             if self.error is not None:
                 raise self.error
-            if self.eof or self.state is TcpState.CLOSED:
-                return b""
-            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            if self.recv_would_block:
+                raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            return b""
         data = q.take(n)
         self._rcvq_consumed(len(data))
         self._rcv_space_adjust(now)
