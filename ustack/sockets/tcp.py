@@ -226,14 +226,17 @@ class TcpSocket(StackSocket):
         conn = self._connected()
         view = memoryview(data).cast("B")
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             n = conn.send(view, self._now())
             if n or not len(view):
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return n
             if flags & MSG_DONTWAIT:
                 raise BlockingIOError(errno.EAGAIN, "resource temporarily unavailable")
             await self._wait_memory(conn)
+            waited = True
 
     async def _wait_memory(self, conn: TcpConnection) -> None:
         await self._wait()
@@ -288,7 +291,7 @@ class TcpSocket(StackSocket):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._rps_record_flow()
-            polled = False
+            polled = waited = False
             while bufsize and conn.recv_would_block:
                 # Asked before reading, so waiting raises no exception on the hot path.
                 if flags & MSG_DONTWAIT:
@@ -300,8 +303,12 @@ class TcpSocket(StackSocket):
                         lambda: bool(conn.readable_bytes or conn.eof or conn.error))
                     continue
                 await self._wait()
+                waited = True
             data = conn.recv(bufsize, self._now()) if bufsize else b""
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:
+                # Every call is a checkpoint; one that slept already was one
+                # (as trio's own sockets: no second yield after a wait).
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         finally:
             self._recv_busy = False

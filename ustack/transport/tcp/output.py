@@ -298,8 +298,12 @@ class TcpOutput:
         """Send what the windows, SWS avoidance, Nagle and cork allow (``tcp_write_xmit``)."""
         if not self.state_can_send():
             return
-        goal = self.xmit_size_goal = self.size_goal
         sndq_end = (self._sndq_seq + len(self._sndq)) & SEQ_MASK
+        mss = self.snd_mss
+        if ((sndq_end - self.snd_nxt) & SEQ_MASK) > mss or self.xmit_size_goal < mss:
+            # tcp_send_mss -> tcp_xmit_size_goal; a sub-MSS queue cannot use more.
+            self.xmit_size_goal = self.size_goal
+        goal = self.xmit_size_goal
         fin_pending = self._fin_queued
         if self.sack_ok and self.sb.rtx_todo:
             # Lost data first (RFC 6675 NextSeg rule 1), then new data.
@@ -324,7 +328,6 @@ class TcpOutput:
             if n <= 0:
                 break
             last = n == unsent
-            mss = self.snd_mss
             if n > mss:
                 # tcp_mss_split_point: a super-segment carries whole MSS; a
                 # sub-MSS tail rides along only at the queue's end, and only
