@@ -82,7 +82,7 @@ async def _echo_tcp(conn: Any) -> None:
 
 
 async def _discard_tcp(conn: Any) -> None:
-    while await conn.recv(65536):
+    while await conn.recv(1 << 18):
         pass
 
 
