@@ -62,9 +62,10 @@ def parse_address(address: Any, allow_any: bool = True) -> tuple[bytes, int]:
 
 
 def format_address(addr: tuple[bytes, int] | None) -> tuple[str, int]:
+    """(dotted quad, port) as the socket module returns addresses."""
     if addr is None:
         return ("0.0.0.0", 0)
-    return (str(ipaddress.IPv4Address(addr[0])), addr[1])
+    return (_stdlib.inet_ntoa(addr[0]), addr[1])
 
 
 def sock_buf_size(requested: int, maximum: int, minimum: int) -> int:
