@@ -180,23 +180,24 @@ def format_value(value: Value) -> str:
     return str(value)
 
 
-class Sysctl:
-    """The sysctl table of one stack (one network namespace in kernel terms)."""
+class Sysctl(dict):
+    """The sysctl table of one stack (one network namespace in kernel terms).
+
+    A dict, so the hot path reads a knob with one C-level lookup; values
+    change only through :meth:`set`, which validates them.
+    """
 
     def __init__(self) -> None:
-        self._values: dict[str, Value] = {k.name: k.default for k in _KNOBS}
+        super().__init__({k.name: k.default for k in _KNOBS})
 
-    def __getitem__(self, name: str) -> Value:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise SysctlError(f"unknown sysctl {name!r}") from None
+    def __missing__(self, name: str) -> Value:
+        raise SysctlError(f"unknown sysctl {name!r}")
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._values
+    def __setitem__(self, name: str, value: object) -> None:
+        raise TypeError("sysctl values are changed with Sysctl.set (validated)")
 
-    def items(self) -> Iterator[tuple[str, Value]]:
-        return iter(sorted(self._values.items()))
+    def items(self) -> Iterator[tuple[str, Value]]:  # type: ignore[override]
+        return iter(sorted(super().items()))
 
     def set(self, name: str, value: str | int | tuple[int, ...]) -> Value:
         """Validate and store *value* (text as ``sysctl -w`` takes it); return it."""
@@ -204,7 +205,7 @@ class Sysctl:
         if knob is None:
             raise SysctlError(f"unknown sysctl {name!r}")
         parsed = self._parse(knob, value)
-        self._values[name] = parsed
+        dict.__setitem__(self, name, parsed)
         return parsed
 
     def assign(self, text: str) -> tuple[str, Value]:
