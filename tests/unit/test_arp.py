@@ -780,3 +780,31 @@ def test_random_valid_headers_never_raise(
         assert len(frame) == 28
         assert ARP(frame).hwsrc == "02:00:00:00:00:01"
     check(t)
+
+
+def test_connected_fast_path_only_for_reachable_entries() -> None:
+    # neigh_connected_output: a REACHABLE entry gives its MAC and moves no state;
+    # any other state is left to resolve(), which runs the NUD machine.
+    t = make()
+    assert t.connected(PEER_IP, 0.0) is None  # no entry: resolve() creates one
+    reachable(t, 0.0)
+    n = t.lookup(PEER_IP)
+    deadline = t.next_deadline()
+    assert t.connected(PEER_IP, 1.0) == PEER_MAC
+    assert n.used == 1.0 and n.state == NUD_REACHABLE
+    assert t.next_deadline() == deadline and t.out == []
+    t.timer(n.reachable_time)
+    assert n.state == NUD_STALE
+    assert t.connected(PEER_IP, 100.0) is None
+    assert n.state == NUD_STALE  # untouched: resolve() takes it to DELAY
+    assert t.resolve(PEER_IP, pkt(1), 100.0) == PEER_MAC
+    assert n.state == NUD_DELAY
+
+
+def test_connected_counts_lookups_and_hits_like_resolve() -> None:
+    t = make()
+    reachable(t, 0.0)
+    cache = t.stats.arp_cache
+    lookups, hits = cache["lookups"], cache["hits"]
+    t.connected(PEER_IP, 1.0)
+    assert (cache["lookups"], cache["hits"]) == (lookups + 1, hits + 1)

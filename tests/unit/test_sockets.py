@@ -56,6 +56,57 @@ def test_trio_check_half_closeable_stream():
     run(main, mock=False)
 
 
+class _StepCounter(trio.abc.Instrument):
+    """Counts the scheduler steps of tasks whose name ends in *suffix*."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
+def test_recv_is_one_checkpoint_whether_it_waits_or_not():
+    """As trio's own sockets: a recv that had data yields once (a checkpoint);
+    one that slept has been a checkpoint already and returns on wake-up."""
+    wire, a, b = make_pair()
+
+    async def main():
+        async with running(a, b):
+            client, server = await connected_pair(a, b)
+            counter = _StepCounter(".reader")
+            trio.lowlevel.add_instrument(counter)
+            try:
+                got: list[bytes] = []
+
+                async def reader() -> None:
+                    got.append(await server.socket.recv(10))
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(reader)
+                    await trio.sleep(0.1)  # the reader waits in recv
+                    steps_waiting = counter.steps
+                    await client.send_all(b"x")
+                assert got == [b"x"]
+                # Woken once by the arriving byte; that step returns.
+                assert steps_waiting == 1
+                assert counter.steps - steps_waiting == 1
+                await client.send_all(b"y")
+                await trio.sleep(0.1)  # the byte is queued before recv is called
+                counter.steps = 0
+                async with trio.open_nursery() as n:
+                    n.start_soon(reader)
+                assert got[-1] == b"y"
+                # The first step finds the data and yields; the second returns.
+                assert counter.steps == 2
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+
+    run(main)
+
+
 def test_unmodified_trio_highlevel_api_over_the_factory():
     wire, a, b = make_pair()
 

@@ -149,3 +149,38 @@ def test_napi_batches_a_burst_and_counts_softnet():
     # 200 frames waiting at once: the ring (256) holds them; NAPI takes 64 a poll.
     assert b.dev.counters["rx_fifo_errors"] == 0
     assert b.dev.qstats[0].rx_packets >= 200
+
+
+def test_feature_change_reaches_the_sockets():
+    """NETDEV_FEAT_CHANGE: gso off takes a live socket to MSS-sized segments at once."""
+    wire, a, b = make_pair()
+    sizes: list[int] = []
+
+    def watch(frame: bytes) -> bytes:
+        sizes.append(len(frame))
+        return frame
+
+    async def main():
+        async with running(a, b):
+            ls = b.socket()
+            await ls.bind(("", 9))
+            ls.listen(4)
+            c = a.socket()
+            async with trio.open_nursery() as n:
+                n.start_soon(c.connect, ("10.0.0.2", 9))
+                s, _ = await ls.accept()
+            conn = c.conn
+            assert conn.gso_max == a.tcp.gso_max == a.dev.gso_max_size > 0
+            a.dev.features.set({"generic-segmentation-offload": False})
+            assert conn.gso_max == a.tcp.gso_max == 0
+            wire.a.tx_filter = watch
+            await c.sendall(b"x" * 20000)
+            got = 0
+            while got < 20000:
+                got += len(await s.recv(65536))
+            # 14 + 20 + 32 header bytes around at most one MSS of payload each.
+            assert sizes and max(sizes) <= 14 + 20 + 32 + conn.snd_mss
+            a.dev.features.set({"generic-segmentation-offload": True})
+            assert conn.gso_max == a.dev.gso_max_size > 0
+
+    run(main)

@@ -221,3 +221,14 @@ def test_unknown_name_lookup_raises_sysctl_error() -> None:
     assert "net.core.nope" not in s
     assert "net.core.somaxconn" in s
     assert issubclass(SysctlError, ValueError)
+
+
+def test_item_assignment_is_refused_and_unknown_reads_raise() -> None:
+    """Reads are plain dict lookups; writes go only through the validating set()."""
+    s = Sysctl()
+    with pytest.raises(TypeError):
+        s["net.ipv4.tcp_sack"] = 0
+    assert s["net.ipv4.tcp_sack"] == 1
+    with pytest.raises(SysctlError):
+        s["net.ipv4.no_such_knob"]
+    assert "net.ipv4.no_such_knob" not in s
