@@ -14,7 +14,8 @@ import errno
 
 from . import congestion
 from .fastopen import TFO_DATA_NOT_ACKED, TFO_SYN_RETRANSMITTED
-from .header import ACK, FIN, RST, SYN, Segment
+from .header import ACK, FIN, PSH, RST, SYN, Segment
+from .mem import truesize
 from .output import rst_for
 from .seq import after, before, between, seq_add, seq_sub
 from .state import TcpState
@@ -189,8 +190,79 @@ class TcpInput:
 
     # -- synchronized states ------------------------------------------------
 
+    def _rcv_established_fast(self, seg: Segment, now: float) -> bool:
+        """``tcp_rcv_established``'s header prediction; False: take the slow path.
+
+        The prediction holds for an in-order segment of an ESTABLISHED
+        connection with only ACK (and PSH) set, the window unchanged, a
+        timestamp that passes PAWS and no SACK blocks, while nothing waits
+        out of order and the receive window is open (``tcp_fast_path_check``).
+        Such a segment needs none of RFC 9293's other checks: it is a pure ACK
+        that advances SND.UNA (TCPHPAcks), or in-order data that fits the
+        window and receive memory (TCPHPHits), whose ACK may advance SND.UNA
+        too. The steps left are the slow path's, in its order.
+        """
+        if (self.state is not TcpState.ESTABLISHED or seg.flags & ~PSH != ACK
+                or seg.seq != self.rcv_nxt or self._ofo or not self.rcv_wnd
+                or self.orphan or self._fin_seq is not None
+                or seg.window << self.snd_wscale != self.snd_wnd):
+            return False
+        opts = seg.options
+        if self.ts_ok:
+            if (opts is None or opts.ts_val is None or opts.sack
+                    or before(opts.ts_val, self.ts_recent)):
+                return False
+        elif opts is not None:
+            return False
+        seq = seg.seq
+        ack = seg.ack
+        payload = seg.payload
+        plen = len(payload)
+        advances = after(ack, self.snd_una) and not after(ack, self.snd_max)
+        if plen:
+            if ack != self.snd_una and not advances:
+                return False
+            room = seq_sub(seq_add(self.rcv_wup, self.rcv_wnd), seq)
+            need = truesize(plen, self.rcv_mss)
+            account = self.mem_account
+            if (plen > room or self.rmem_alloc + need > self.rcvbuf
+                    or (account is not None and account.over_limit(need))):
+                return False
+        elif not advances:
+            return False
+        if advances:
+            self._tcp_ack(seg, now, fast=True)
+        else:
+            # tcp_update_wl: the window is the same, its sequence moves on.
+            self.probes_out = 0
+            if before(self.snd_wl1, seq) or (self.snd_wl1 == seq
+                                             and not before(ack, self.snd_wl2)):
+                self.snd_wl1, self.snd_wl2 = seq, ack
+        if self.ts_ok and not after(seq, self.rcv_wup):
+            # tcp_store_ts_recent; tcp_rcv_rtt_measure_ts for full segments.
+            self.ts_recent = opts.ts_val
+            if plen >= self.rcv_mss and opts.ts_ecr:
+                self._rcv_rtt_sample(opts.ts_ecr, now)
+        if plen:
+            # tcp_queue_rcv + tcp_event_data_recv: the in-order branch of tcp_data_queue.
+            self.stats.tcpext["TCPHPHits"] += 1
+            if self._rcvq:
+                self.stats.tcpext["TCPRcvCoalesce"] += 1
+            self._rcvq_append(payload)
+            self.rcv_nxt = seq_add(seq, plen)
+            self.bytes_received += plen
+            if plen > self.rcv_mss:
+                self.rcv_mss = min(plen, self.mss)
+            self._event_data_recv(now)
+            self._wake = True
+            self._ack_pending = True
+        self._after_input(now)
+        return True
+
     def _rcv_state_process(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.4 for SYN-RECEIVED and the synchronized states."""
+        if self._rcv_established_fast(seg, now):
+            return
         flags = seg.flags
         state = self.state
         seq = seg.seq
@@ -343,8 +415,12 @@ class TcpInput:
             return rtt
         return None
 
-    def _tcp_ack(self, seg: Segment, now: float) -> bool:
-        """RFC 9293 fifth check in ESTABLISHED and later (``tcp_ack``); False drops the segment."""
+    def _tcp_ack(self, seg: Segment, now: float, fast: bool = False) -> bool:
+        """RFC 9293 fifth check in ESTABLISHED and later (``tcp_ack``); False drops the segment.
+
+        *fast*: called from header prediction (no FLAG_SLOWPATH), where an ACK
+        that advances SND.UNA counts TCPHPAcks instead of TCPPureAcks.
+        """
         ack = seg.ack
         snd_una = self.snd_una
         if after(ack, self.snd_max):
@@ -377,7 +453,9 @@ class TcpInput:
                     self.max_window = wnd
             self.snd_wl1, self.snd_wl2 = seg.seq, ack
         acked = seq_sub(ack, snd_una)
-        if not seg.payload:
+        if fast:
+            self.stats.tcpext["TCPHPAcks"] += 1
+        elif not seg.payload:
             self.stats.tcpext["TCPPureAcks"] += 1
         flag = 0
         opts = seg.options
