@@ -142,6 +142,7 @@ class Stack:
             self.sysctl, self.stats, addr, self.routes, mtu, self.neigh_output, self.now
         )
         self.icmp = Icmp(self.sysctl, self.stats, self.ipv4, self.now)
+        self.ipv4.neigh_confirm = self._neigh_confirm
         self.ipv4.unknown_proto = lambda pkt: self.icmp.icmp_send(
             pkt, ICMP_DEST_UNREACH, ICMP_PROT_UNREACH
         )
@@ -388,6 +389,16 @@ class Stack:
         if mac is not None:
             self._xmit(pkt, mac, ETH_P_IP)
         self._arp_flush()
+
+    def _neigh_confirm(self, nexthop: bytes) -> None:
+        """``neigh_confirm`` in the table of the device that reaches *nexthop*."""
+        arp = self.arp
+        if self.vlans:
+            route = self.routes.lookup(nexthop)
+            vlan = self._vlan_by_dev.get(route.dev) if route is not None else None
+            if vlan is not None:
+                arp = vlan.arp
+        arp.confirm(nexthop, self.now())
 
     def _xmit(self, pkt: Packet, dst_mac: bytes, ethertype: int) -> None:
         eth_header(pkt, dst_mac, self.mac, ethertype)

@@ -184,3 +184,38 @@ def test_feature_change_reaches_the_sockets():
             assert conn.gso_max == a.dev.gso_max_size > 0
 
     run(main)
+
+
+def test_tcp_progress_confirms_the_neighbour_no_arp_probes():
+    """sk_dst_confirm: ACKs that make progress keep the peer REACHABLE, so a
+    long conversation sends no ARP probes once the first resolution is done."""
+    wire, a, b = make_pair()
+    arp_from_a: list[bytes] = []
+
+    def watch(frame: bytes) -> bytes:
+        if frame[12:14] == b"\x08\x06":
+            arp_from_a.append(frame)
+        return frame
+
+    async def main():
+        async with running(a, b):
+            ls = b.socket()
+            await ls.bind(("", 7))
+            ls.listen(4)
+            c = a.socket()
+            async with trio.open_nursery() as n:
+                n.start_soon(c.connect, ("10.0.0.2", 7))
+                s, _ = await ls.accept()
+            wire.a.tx_filter = watch
+            # Three minutes of one message a second: several reachable_time
+            # periods (15-45 s) and delay_first_probe_time (5 s) over.
+            for _ in range(180):
+                await c.sendall(b"ping")
+                assert await s.recv(10) == b"ping"
+                await s.sendall(b"pong")
+                assert await c.recv(10) == b"pong"
+                await trio.sleep(1.0)
+            assert arp_from_a == []
+            assert a.arp.lookup(b.ipv4.addr).state == NUD_REACHABLE
+
+    run(main)

@@ -131,6 +131,8 @@ class Ipv4:
         self.unknown_proto: Callable[[Packet], None] = lambda pkt: None
         # Called with the bytes to quote when a fragment queue times out.
         self.frag_expired: Callable[[bytes], None] = lambda quote: None
+        # neigh_confirm(nexthop): the neighbour layer's confirmation; set by the stack.
+        self.neigh_confirm: Callable[[bytes], None] = lambda nexthop: None
         self.reasm = Reassembler(sysctl, stats)
         # Netfilter hooks (net/netfilter.py), set by the stack only while any is in use.
         self.nf: Netfilter | None = None
@@ -138,6 +140,14 @@ class Ipv4:
         self.tap_rcv: Callable[[memoryview], None] | None = None
         self.tap_output: Callable[[memoryview], None] | None = None
         self._ident = random.getrandbits(16)
+
+    def dst_confirm(self, dst: bytes) -> None:
+        """``sk_dst_confirm`` -> ``neigh_confirm``: a transport saw *dst* make
+        forward progress, so the neighbour it is reached through is confirmed
+        and stays REACHABLE without ARP probes."""
+        route = self.routes.lookup(dst)
+        if route is not None:
+            self.neigh_confirm(route.nexthop(dst))
 
     def add_address(self, iface: ipaddress.IPv4Interface) -> None:
         """Another local address (a VLAN sub-interface's); packets to it are ours."""

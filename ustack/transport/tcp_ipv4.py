@@ -247,6 +247,10 @@ class TcpV4:
             pkt.gso_size = mss
             pkt.gso_type = SKB_GSO_TCPV4
         pkt.queue = queue
+        if owner is not None and owner.dst_pending_confirm:
+            # sock_confirm_neigh: the ACK that made progress confirms the neighbour.
+            owner.dst_pending_confirm = False
+            self.ipv4.dst_confirm(daddr)
         if owner is not None and seg.payload:
             owner.tsq_queued(pkt.truesize)
             pkt.destructor = self._wfree.get(owner)

@@ -95,6 +95,9 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         #: The last size goal the sender worked with (``tp->xmit_size_goal_segs``
         #: times the MSS): what send-queue truesize is charged by.
         self.xmit_size_goal = 0
+        #: An ACK made forward progress (or was a duplicate): the next segment
+        #: out confirms the neighbour (``sk_dst_confirm``/``sk_dst_pending_confirm``).
+        self.dst_pending_confirm = False
         #: The TcpListener this passive connection came from, while not yet accepted.
         self.listener: Any = None
         #: Last network error seen for this flow (sk_err_soft), reported instead of

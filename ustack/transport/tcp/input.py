@@ -17,6 +17,7 @@ from .fastopen import TFO_DATA_NOT_ACKED, TFO_SYN_RETRANSMITTED
 from .header import ACK, FIN, PSH, RST, SYN, Segment
 from .mem import truesize
 from .output import rst_for
+from .sack import FLAG_DATA_SACKED
 from .seq import after, before, between, seq_add, seq_sub
 from .state import TcpState
 
@@ -466,6 +467,9 @@ class TcpInput:
             # RFC 5681 2: a duplicate ACK carries no data and no window change.
             dup = (not seg.payload and not seg.flags & (SYN | FIN) and not wnd_changed
                    and self.snd_nxt != snd_una)
+            if dup or flag & FLAG_DATA_SACKED:
+                # tcp_ack: a duplicate or SACK progress confirms the path (sk_dst_confirm).
+                self.dst_pending_confirm = True
             if dup or flag:
                 self._fastretrans_alert(seg, flag, 0, dup, prior_in_flight, now)
             return True
@@ -482,6 +486,7 @@ class TcpInput:
             self.bytes_acked += data_acked
             self._wake = True
         self.snd_una = ack
+        self.dst_pending_confirm = True  # FLAG_ACKED: forward progress (sk_dst_confirm)
         if before(self.snd_nxt, ack):
             self.snd_nxt = ack
         self.retransmits = 0
