@@ -7,6 +7,7 @@ word loop written here, and scapy's ``checksum``/``in4_chksum``.
 from __future__ import annotations
 
 import array
+import random
 import struct
 
 import pytest
@@ -16,6 +17,10 @@ from scapy.layers.inet import IP, TCP, UDP, in4_chksum
 from scapy.utils import checksum as scapy_checksum
 
 from ustack.checksum import (
+    FOLD_1536,
+    FOLD_3072,
+    FOLD_6144,
+    FOLD_MAX,
     checksum_ok,
     csum_fold,
     csum_partial,
@@ -255,3 +260,42 @@ def test_memoryview_of_a_multibyte_array_is_summed_by_its_bytes() -> None:
     words = array.array("H", [0x0102, 0x0304, 0x0506])
     raw = words.tobytes()
     assert csum_partial(memoryview(words)) == naive_sum(raw)
+
+
+# ---- long buffers: summed in pieces ---------------------------------------------------
+
+
+@settings(max_examples=60, derandomize=True, database=None, deadline=None)
+@given(st.integers(1000, 14000), st.integers(0, 0x1FFFF), st.randoms(use_true_random=False))
+def test_long_buffers_summed_in_pieces_match_the_word_loop(
+    size: int, initial: int, rnd: random.Random,
+) -> None:
+    """Frames and super-segments (pieces of even length) sum like the word loop, any parity."""
+    data = rnd.randbytes(size)
+    assert csum_partial(data, initial) == naive_sum(data, initial)
+    assert csum_partial(memoryview(bytearray(data))[1:], initial) == naive_sum(data[1:], initial)
+
+
+@pytest.mark.parametrize("size", [1023, 1024, 1025, 6144, 6145, 6146, 6147, 70000])
+def test_long_all_ones_and_all_zero_buffers(size: int) -> None:
+    """Sums that are multiples of 0xffff stay 0xffff; all zeros stay 0, at every split."""
+    ones = b"\xff" * size
+    # An odd length ends in the padded word 0xff00.
+    assert csum_partial(ones) == naive_sum(ones) == (0xFF00 if size & 1 else 0xFFFF)
+    assert csum_partial(bytes(size)) == 0
+
+
+def test_a_long_memoryview_of_a_multibyte_array_is_summed_by_its_bytes() -> None:
+    words = array.array("I", range(1000))
+    assert csum_partial(memoryview(words)) == naive_sum(words.tobytes())
+
+
+@pytest.mark.parametrize("size", [1, 20, 1481, FOLD_MAX - 1, FOLD_MAX])
+def test_the_folds_keep_the_sum(size: int) -> None:
+    """The three folds hot paths apply before their % keep the value's sum mod 0xffff."""
+    value = int.from_bytes(b"\xfe" * size, "big")
+    folded = (value >> 6144) + (value & FOLD_6144)
+    folded = (folded >> 3072) + (folded & FOLD_3072)
+    folded = (folded >> 1536) + (folded & FOLD_1536)
+    assert folded % 0xFFFF == value % 0xFFFF
+    assert folded.bit_length() <= 1540

@@ -29,6 +29,7 @@ ACK = 5000
 MSS = 1448
 TS = (111, 222)
 STREAM = random.Random(7).randbytes(300_000)
+VNET = struct.Struct("<BBHHHH")
 
 
 def tcp_frame(
@@ -103,18 +104,57 @@ def packet(frame: bytes, summed: int = CHECKSUM_NONE, vnet: int = 0) -> Packet:
 
 
 class Harness:
-    def __init__(self, **kw) -> None:
+    """A GRO context fed frames as NAPI feeds it.
+
+    With ``fast`` (every test runs both ways, see the ``fast_path`` fixture)
+    each frame first goes to :meth:`Gro.receive_frame` as the driver reads it,
+    behind a 12-byte virtio-net header whose DATA_VALID flag says *summed*,
+    and only takes :meth:`Gro.receive` as a Packet when that declines it.
+    """
+
+    fast = False
+
+    def __init__(self, fast: bool | None = None, **kw) -> None:
+        if fast is not None:
+            self.fast = fast
         self.out: list[Packet] = []
         self.gro = Gro(self.out.append, **kw)
+        if self.fast:
+            self.gro.frame_vlen = 12
+        # Frames receive_frame merged (no Packet was made for them).
+        self.fast_merged = 0
 
-    def feed(self, frames: list[bytes], summed: int = CHECKSUM_NONE, vnet: int = 0) -> list[Packet]:
-        pkts = [packet(f, summed, vnet) for f in frames]
-        for p in pkts:
-            self.gro.receive(p)
+    def feed(self, frames: list[bytes], summed: int = CHECKSUM_NONE,
+             vnet: int = 0) -> list[Packet | None]:
+        """Feed *frames*; the Packet made for each, None where receive_frame merged it."""
+        pkts: list[Packet | None] = []
+        for f in frames:
+            if self.fast:
+                flags = 2 if summed == CHECKSUM_UNNECESSARY else 0  # DATA_VALID
+                raw = VNET.pack(flags, 0, 0, 0, 0, 0) + bytes(2) + f
+                # As napi_poll: receive_frame only while GRO is on.
+                if self.gro.enabled and self.gro.receive_frame(raw):
+                    self.fast_merged += 1
+                    pkts.append(None)
+                    continue
+                pkt = Packet(raw, 12)
+                pkt.mac_off = 12
+                pkt.ip_summed = summed
+            else:
+                pkt = packet(f, summed, vnet)
+            self.gro.receive(pkt)
+            pkts.append(pkt)
         return pkts
 
     def counters(self) -> dict[str, int]:
         return {k: v for k, v in self.gro.counters.items() if v}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["receive", "receive_frame"])
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run each test with frames fed to Gro.receive, then to Gro.receive_frame first."""
+    monkeypatch.setattr(Harness, "fast", request.param)
+    return request.param
 
 
 def frame_of(pkt: Packet) -> bytes:
@@ -588,7 +628,7 @@ def test_checksum_unnecessary_frames_merge_without_checksum_work(monkeypatch) ->
     assert_super(h.out[0], frames)
 
 
-def test_checksum_none_frames_are_verified(monkeypatch) -> None:
+def test_checksum_none_frames_are_verified(monkeypatch, fast_path: bool) -> None:
     calls = []
     real = gro_mod.checksum_ok
 
@@ -599,7 +639,10 @@ def test_checksum_none_frames_are_verified(monkeypatch) -> None:
     monkeypatch.setattr(gro_mod, "checksum_ok", counting)
     h = Harness()
     h.feed(stream(5))
-    assert len(calls) == 5
+    # receive_frame verifies the segments it merges itself (a corrupted one
+    # is refused: test_a_bad_tcp_checksum_is_not_merged_and_delivered_unchanged).
+    assert len(calls) == (1 if fast_path else 5)
+    assert h.fast_merged == (4 if fast_path else 0)
 
 
 def test_ethernet_padding_stops_a_merge() -> None:
@@ -741,3 +784,97 @@ def test_any_order_or_duplication_delivers_exactly_the_input_bytes(
     # Each input went up exactly once, merged or not, in the order it came.
     assert segments == len(order)
     assert delivered == b"".join(tcp_payload(PROP_FRAMES[i]) for i in order)
+
+
+# ---- receive_frame decides exactly as receive ------------------------------------------
+
+# One flow's segments and the ways a next segment can differ from them, plus
+# another flow: any sequence of them must come out of receive_frame + receive
+# exactly as out of receive alone.
+_A = [tcp_frame(ISN + i * SMALL, SMALL, ipid=i) for i in range(8)]
+EQUIV_FRAMES = _A + [
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, chksum=0x1234),  # corrupted
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, ip_chksum=0x1234),  # bad IP header
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=7),  # unexpected IP id
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=2),  # the previous id: a fixed-id flow?
+    tcp_frame(ISN + 2 * SMALL, SMALL, ipid=2),  # fixed id after segment 2
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, flags="PA"),
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, flags="CA"),  # CWR
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, window=7),
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, ttl=9),
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, ts=(1, 2)),
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, ack=ACK + 1),
+    tcp_frame(ISN + 3 * SMALL, SMALL // 2, ipid=3),  # short: ends the flow
+    tcp_frame(ISN + 3 * SMALL, 2 * SMALL, ipid=3),  # longer than the MSS
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, pad=6),  # Ethernet padding
+    tcp_frame(ISN + 3 * SMALL, SMALL - 6, ipid=3, pad=6),  # padded to a full segment
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, urgptr=5),  # urgent pointer, no URG
+    tcp_frame(ISN + 3 * SMALL, 0, ipid=3),  # pure ACK
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3, sport=40001),  # another flow
+    tcp_frame(ISN + 4 * SMALL, SMALL, ipid=4, sport=40001),
+    tcp_frame(ISN + 3 * SMALL, SMALL, ipid=3)[:-1],  # truncated
+]
+
+
+def _delivered(h: Harness) -> list[tuple]:
+    return [(frame_of(p), p.ip_summed, p.gso_size, p.gso_segs, p.gso_type) for p in h.out]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    order=st.lists(st.integers(0, len(EQUIV_FRAMES) - 1), min_size=1, max_size=30),
+    flush_after=st.sets(st.integers(0, 29)),
+    max_size=st.sampled_from([65536, 400]),
+    summed=st.sampled_from([CHECKSUM_NONE, CHECKSUM_UNNECESSARY]),
+)
+def test_receive_frame_merges_exactly_what_receive_merges(
+    order: list[int], flush_after: set[int], max_size: int, summed: int,
+) -> None:
+    runs = []
+    for fast in (False, True):
+        h = Harness(fast, max_size=max_size)
+        timeline = []
+        for i, idx in enumerate(order):
+            h.feed([EQUIV_FRAMES[idx]], summed=summed)
+            if i in flush_after:
+                h.gro.flush()
+            timeline.append(len(h.out))
+        h.gro.flush()
+        runs.append((_delivered(h), h.counters(), timeline))
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("variant", range(len(_A), len(EQUIV_FRAMES)))
+@pytest.mark.parametrize("summed", [CHECKSUM_NONE, CHECKSUM_UNNECESSARY])
+# The IP packet of 4 segments of 64 bytes (52 + 256 = 308) would reach max_size.
+@pytest.mark.parametrize("max_size", [65536, 52 + 4 * SMALL - 11])
+def test_receive_frame_judges_every_kind_of_next_segment_as_receive(
+    variant: int, summed: int, max_size: int,
+) -> None:
+    # The variant arrives as the second segment of the held packet, and later.
+    for k in (1, 3):
+        order = [*range(k), variant, *range(k, len(_A))]
+        runs = []
+        for fast in (False, True):
+            h = Harness(fast, max_size=max_size)
+            # What went up when, not only what went up in the end.
+            timeline = []
+            for i in order:
+                h.feed([EQUIV_FRAMES[i]], summed=summed)
+                timeline.append(len(h.out))
+            h.gro.flush()
+            runs.append((_delivered(h), h.counters(), timeline))
+        assert runs[0] == runs[1]
+
+
+def test_receive_frame_takes_a_bulk_flow_after_its_first_segment(fast_path: bool) -> None:
+    h = Harness()
+    frames = stream(45)
+    fed = h.feed(frames)
+    assert h.out == []
+    if fast_path:
+        # Only the first segment became a Packet.
+        assert fed[0] is not None and fed[1:] == [None] * 44
+    h.feed([tcp_frame(ISN + 45 * MSS, 100, ipid=45)])  # short: the flow ends
+    assert len(h.out) == 1
+    assert_super(h.out[0], frames + [tcp_frame(ISN + 45 * MSS, 100, ipid=45)])

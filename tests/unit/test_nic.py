@@ -7,6 +7,7 @@ with a completed checksum are parsed by scapy as an independent oracle.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from ustack.buffer import (
     Packet,
 )
 from ustack.checksum import internet_checksum, pseudo_header_sum
+from ustack.link.tap import TapQueue
 from ustack.nic.device import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -890,3 +892,125 @@ def test_gro_off_delivers_frames_one_by_one() -> None:
     links[0].rx.extend(frames)
     dev.napi_poll(0, 64)
     assert len(got) == 4
+
+
+def _bulk_super_segment(payload_len: int, mss: int) -> Packet:
+    """A CHECKSUM_PARTIAL TCP super-segment of *payload_len* bytes, gso_size *mss*.
+
+    With timestamps, unless the payload is tiny: then its last segment makes
+    a frame shorter than the Ethernet minimum.
+    """
+    payload = bytes((i * 7 + 3) & 0xFF for i in range(payload_len))
+    opts = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6))] if payload_len > 9 else []
+    frame = bytes(Ether(src=MAC, dst=PEER) / IP(src="10.0.0.2", dst="10.0.0.1", id=9)
+                  / TCP(sport=40000, dport=80, seq=0xFFFFFF00, ack=2, flags="PA", chksum=0,
+                        options=opts)
+                  / payload)
+    pkt = partial_packet(frame, 34, len(frame) - 34, 6, 16)
+    pkt.gso_size = mss
+    pkt.gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+    return pkt
+
+
+@pytest.mark.parametrize("vnet", [0, 12])
+@pytest.mark.parametrize("tx_csum", [True, False])
+@pytest.mark.parametrize("payload_len, mss", [(4 * 1448, 1448), (3 * 1448 + 1, 1448),
+                                              (1000, 333), (17, 4), (9, 4)])
+@pytest.mark.parametrize("accept", [True, False])
+def test_software_gso_bare_frames_equal_the_per_segment_path(
+    vnet: int, tx_csum: bool, payload_len: int, mss: int, accept: bool,
+) -> None:
+    """Segments written as bare frames are the bytes and counts of Packet segments.
+
+    A capture at the wire (tap_tx) needs a Packet per segment, so it takes
+    the per-segment path: both ways must give the same wire and counters,
+    short last segments padded, failed writes counted.
+    """
+    results = []
+    for capture in (False, True):
+        dev, links, _ = device(vnet=vnet)
+        if vnet:
+            dev.features.set({TSO: False, TX_CSUM: tx_csum})
+        if capture:
+            dev.tap_tx = lambda view: None
+        links[0].accept = accept
+        pkt = _bulk_super_segment(payload_len, mss)
+        done: list[Packet] = []
+        pkt.destructor = done.append
+        dev.start_xmit(pkt)
+        dev.flush_tx()
+        assert done == [pkt]  # completed once
+        assert dev.dql[0].num_queued == dev.dql[0].num_completed
+        results.append((links[0].written, dev.ethtool_stats()))
+    assert results[0] == results[1]
+    written, stats = results[0]
+    segments = -(-payload_len // mss)
+    assert stats["tx_gso_segments"] == segments
+    assert stats["tx_packets"] == (segments if accept else 0)
+    assert stats["tx_errors"] == (0 if accept else segments)
+    if accept:
+        # The payload comes back whole, and scapy finds every checksum right.
+        data = b""
+        for out in written:
+            flags = VNET.unpack_from(out)[0] if vnet else 0
+            e = Ether(out[vnet:])
+            if not flags:
+                ip_sum, tcp_sum = e[IP].chksum, e[TCP].chksum
+                del e[IP].chksum, e[TCP].chksum
+                e = Ether(bytes(e))
+                assert (e[IP].chksum, e[TCP].chksum) == (ip_sum, tcp_sum)
+            data += bytes(e[TCP].payload)[: e[IP].len - 20 - e[TCP].dataofs * 4]
+        thlen = (pkt.buf[pkt.trans_off + 12] >> 4) * 4
+        assert data == bytes(pkt.buf[pkt.trans_off + thlen : pkt.tail])
+
+
+class CountingLink(FakeLink):
+    """A FakeLink that counts its reads and reads in bursts, as TapQueue does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read_frames(self, limit: int) -> list[bytes]:
+        self.reads += 1
+        frames = []
+        while self.rx and len(frames) < limit:
+            frames.append(self.rx.popleft())
+        return frames
+
+
+def test_napi_poll_does_not_read_again_right_after_an_empty_dma() -> None:
+    """The interrupt's DMA found the link empty: its poll does not read, the next poll does."""
+    link = CountingLink()
+    dev = NetDevice("eth9", MAC, [link], Softnet(Sysctl()), ring_size=8)
+    got: list[Packet] = []
+    dev.rx_handler = got.append
+    link.rx.extend(eth(bytes([i]) * 50) for i in range(3))
+    assert dev.dma_rx(0) == 3 and link.reads == 1  # the interrupt's DMA: 3, then EAGAIN
+    assert dev.napi_poll(0, 2) == 2 and link.reads == 1  # nothing new to read
+    link.rx.append(eth(b"x" * 50))
+    assert dev.napi_poll(0, 2) == 2 and link.reads == 2  # the repoll reads
+    assert dev.napi_poll(0, 2) == 0 and link.reads == 3
+    assert len(got) == 4
+    # A full ring is no empty link: the poll after it reads.
+    link.rx.extend(eth(bytes([i]) * 50) for i in range(8))
+    assert dev.dma_rx(0) == 8 and link.reads == 4
+    dev.napi_poll(0, 8)
+    assert link.reads == 5
+    stats = dev.ethtool_stats()
+    assert stats["rx_packets"] == 12 and stats["rx_fifo_errors"] == 0
+
+
+def test_tap_queue_reads_frames_in_bursts_up_to_a_limit() -> None:
+    """read_frames returns whole frames, at most *limit*, fewer when the queue runs dry."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        b.setblocking(False)
+        queue = TapQueue(b.fileno(), "tap9", 0)
+        frames = [eth(bytes([i]) * (50 + i)) for i in range(3)]
+        for f in frames:
+            a.send(f)
+        assert queue.read_frames(2) == frames[:2]
+        assert queue.read_frames(8) == frames[2:]  # then EAGAIN
+        assert queue.read_frames(8) == []
+        assert queue.read_frame() is None

@@ -30,7 +30,7 @@ from .coalesce import Coalesce
 from .dql import Dql
 from .features import GRO, GRO_HW, RX_CSUM, RX_VLAN, TSO, TX_CSUM, VLAN_FILTER, Features
 from .gro import Gro
-from .gso import gso_segment
+from .gso import TCP_CHECK_OFFSET, gso_frames, gso_segment
 from .impair import Impair, Impairment
 from .napi import Napi, Softnet
 from .qdisc import DEFAULT_TXQUEUELEN, Qdisc, make_qdisc
@@ -127,8 +127,14 @@ class NetDevice:
         ]
         # netif_receive_skb: set by the stack; takes a frame with mac_off set.
         self.rx_handler: Callable[[Packet], None] = lambda pkt: None
-        # One GRO context per NAPI instance, delivering to rx_handler.
+        # One GRO context per NAPI instance, delivering to rx_handler; it may
+        # match raw frames (MAC header after the virtio-net header) itself.
         self.gro = [Gro(self._gro_deliver) for _ in links]
+        for gro in self.gro:
+            gro.frame_vlen = vnet_hdr_len
+        # Per queue: did the last DMA find the link empty (EAGAIN)? Then the
+        # poll that follows has nothing new to read (see napi_poll).
+        self._rx_dry = [False] * len(links)
         self._set_offload = set_offload
         # The wire's impairments, per queue and direction (None: a clean wire).
         self.clock = clock if clock is not None else (lambda: 0.0)
@@ -246,28 +252,48 @@ class NetDevice:
         and counted (``rx_fifo_errors``, the per-queue ``drops``).
         """
         link = self.links[q]
+        ring = self.rx_rings[q]
         impair = self.rx_impair[q]
+        if impair is None:
+            read_frames = getattr(link, "read_frames", None)
+            if read_frames is not None:
+                frames = read_frames(ring.size)
+            else:
+                frames = []
+                for _ in range(ring.size):
+                    frame = link.read_frame()
+                    if frame is None:
+                        break
+                    frames.append(frame)
+            self._rx_dry[q] = len(frames) < ring.size
+            moved = ring.push_many(frames)
+            if moved < len(frames):
+                self._rx_drop(q, len(frames) - moved)
+            return moved
         moved = 0
-        for _ in range(self.rx_rings[q].size):
+        self._rx_dry[q] = False
+        for _ in range(ring.size):
             frame = link.read_frame()
             if frame is None:
+                self._rx_dry[q] = True
                 break
-            if impair is None:
-                moved += self._rx_place(q, frame)
-            else:
-                # The frame crosses the impaired stretch of wire before the NIC.
-                for f in impair.submit(frame, self.clock()):
-                    moved += self._rx_place(q, f)
+            # The frame crosses the impaired stretch of wire before the NIC.
+            for f in impair.submit(frame, self.clock()):
+                moved += self._rx_place(q, f)
         return moved
 
     def _rx_place(self, q: int, frame: bytes) -> int:
         """Put one arriving frame in a descriptor, or drop it: the ring is full."""
         if self.rx_rings[q].push(frame):
             return 1
-        self.qstats[q].rx_drops += 1
-        self.counters["rx_fifo_errors"] += 1
-        self.counters["rx_dropped"] += 1
+        self._rx_drop(q, 1)
         return 0
+
+    def _rx_drop(self, q: int, frames: int) -> None:
+        """*frames* found no free descriptor."""
+        self.qstats[q].rx_drops += frames
+        self.counters["rx_fifo_errors"] += frames
+        self.counters["rx_dropped"] += frames
 
     # ---- the impaired wire ----------------------------------------------------
 
@@ -355,9 +381,24 @@ class NetDevice:
         return poll
 
     def napi_poll(self, q: int, budget: int) -> int:
-        """The driver's NAPI poll: process up to *budget* frames of queue *q*."""
-        self.dma_rx(q)
-        ring = self.rx_rings[q]
+        """The driver's NAPI poll: process up to *budget* frames of queue *q*.
+
+        The ring is topped up from the link first, unless the interrupt's
+        DMA, which ran just before, found the link empty: a second read
+        would only return EAGAIN. Frames that land meanwhile raise the next
+        interrupt, or are read by the repoll of a poll that used its whole
+        budget.
+        """
+        if not self._rx_dry[q]:
+            self.dma_rx(q)
+        # Only the DMA right before a poll (the interrupt's) vouches for the
+        # link; a later poll (repoll, busy poll, a scheduled queue) reads again.
+        self._rx_dry[q] = False
+        descs = self.rx_rings[q].descriptors
+        work = min(budget, len(descs))
+        if not work:
+            self.gro[q].flush()
+            return 0
         qs = self.qstats[q]
         counters = self.counters
         vlen = self.vnet_hdr_len
@@ -367,40 +408,53 @@ class NetDevice:
         # None unless an XDP program / a capture at "rx" is attached (nic/xdp.py, capture.py).
         xdp = self.xdp
         tap_rx = self.tap_rx
-        work = 0
-        while work < budget and ring:
-            frame = ring.pop()
-            work += 1
-            n = len(frame) - vlen
-            pkt = Packet(frame, vlen)
-            pkt.queue = q
-            # A frame shorter than its virtio-net header plus Ethernet is a
-            # length error before any header is read (virtnet receive_buf).
-            if vlen and n >= ETH_HLEN:
-                self._parse_vnet_hdr(pkt, frame)
-            if n < ETH_HLEN or (n > max_frame and not pkt.gso_size):
-                counters["rx_length_errors"] += 1
-                counters["rx_errors"] += 1
-                qs.rx_drops += 1
-                continue
-            qs.rx_packets += 1
-            qs.rx_bytes += n
-            counters["rx_packets"] += 1
-            counters["rx_bytes"] += n
-            if pkt.gso_size:
-                counters["rx_gro_hw_packets"] += 1
-            if xdp is not None:
-                pkt = self._run_xdp(xdp, q, pkt)
-                if pkt is None:
+        # GRO's raw-frame fast path sees frames before any Packet exists, so
+        # only when nothing else must see them first.
+        merge = gro.receive_frame if gro.enabled and xdp is None and tap_rx is None else None
+        pop = descs.popleft
+        # rx_packets/rx_bytes are summed here and added once, after the loop.
+        packets = nbytes = 0
+        try:
+            for _ in range(work):
+                frame = pop()
+                if merge is not None and merge(frame):
+                    packets += 1
+                    nbytes += len(frame)
                     continue
-                frame = pkt.buf
-            if tap_rx is not None:
-                tap_rx(memoryview(frame)[vlen:])
-            pkt.mac_off = vlen
-            if (self.rx_vlan and pkt.tail - pkt.head > 13 and pkt.buf[pkt.head + 12] == 0x81
-                    and not self._vlan_rx(pkt)):
-                continue
-            handler(pkt)
+                n = len(frame) - vlen
+                pkt = Packet(frame, vlen)
+                pkt.queue = q
+                # A frame shorter than its virtio-net header plus Ethernet is a
+                # length error before any header is read (virtnet receive_buf).
+                if vlen and n >= ETH_HLEN:
+                    self._parse_vnet_hdr(pkt, frame)
+                if n < ETH_HLEN or (n > max_frame and not pkt.gso_size):
+                    counters["rx_length_errors"] += 1
+                    counters["rx_errors"] += 1
+                    qs.rx_drops += 1
+                    continue
+                packets += 1
+                nbytes += len(frame)
+                if pkt.gso_size:
+                    counters["rx_gro_hw_packets"] += 1
+                if xdp is not None:
+                    pkt = self._run_xdp(xdp, q, pkt)
+                    if pkt is None:
+                        continue
+                    frame = pkt.buf
+                if tap_rx is not None:
+                    tap_rx(memoryview(frame)[vlen:])
+                pkt.mac_off = vlen
+                if (self.rx_vlan and pkt.tail - pkt.head > 13 and pkt.buf[pkt.head + 12] == 0x81
+                        and not self._vlan_rx(pkt)):
+                    continue
+                handler(pkt)
+        finally:
+            nbytes -= packets * vlen
+            qs.rx_packets += packets
+            qs.rx_bytes += nbytes
+            counters["rx_packets"] += packets
+            counters["rx_bytes"] += nbytes
         # napi_gro_flush at the end of each poll: nothing is held across polls.
         gro.flush()
         return work
@@ -604,8 +658,17 @@ class NetDevice:
                     self._write(link, qs, pkt, vlen, token)
                 else:
                     # validate_xmit_skb -> skb_gso_segment: cut it here, in software.
+                    # Segments nothing needs to see or change on the way out
+                    # (capture, VLAN tag, impaired wire) go out as bare frames,
+                    # virtio-net header included: no Packet per segment.
+                    frames: list[bytearray] | None = None
+                    segs: list[Packet] = []
                     try:
-                        segs = gso_segment(pkt, csum_offload=csum_offload)
+                        if impair is None and self.tap_tx is None and not pkt.vlan_tci:
+                            frames = gso_frames(pkt, self._gso_prefix(pkt, csum_offload),
+                                                csum_offload)
+                        if frames is None:
+                            segs = gso_segment(pkt, csum_offload=csum_offload)
                     except ValueError:
                         # Not TCP/IPv4 or malformed: the kernel drops it (-EINVAL).
                         qs.tx_drops += 1
@@ -615,12 +678,16 @@ class NetDevice:
                         done += n
                         continue
                     counters["tx_gso_packets"] += 1
-                    counters["tx_gso_segments"] += len(segs)
-                    last = segs[-1]
-                    for seg in segs:
-                        # The super-segment is done when its last segment is.
-                        self._write(link, qs, seg, vlen, token if seg is last else None,
-                                    csum_offload)
+                    if frames is not None:
+                        counters["tx_gso_segments"] += len(frames)
+                        self._write_frames(link, qs, frames, vlen)
+                    else:
+                        counters["tx_gso_segments"] += len(segs)
+                        last = segs[-1]
+                        for seg in segs:
+                            # The super-segment is done when its last segment is.
+                            self._write(link, qs, seg, vlen, token if seg is last else None,
+                                        csum_offload)
             else:
                 pkt.gso_size = 0
                 self._write(link, qs, pkt, vlen, token, csum_offload)
@@ -632,6 +699,45 @@ class NetDevice:
             done += self._impair_completions(impair, self.clock())
         if done:
             self._tx_completed(q, done)
+
+    def _gso_prefix(self, pkt: Packet, csum_offload: bool) -> bytes:
+        """The virtio-net header of each segment software GSO cuts from *pkt*.
+
+        What :meth:`_push_vnet_hdr` writes for such a segment: no GSO, and
+        with *csum_offload* NEEDS_CSUM at the TCP checksum.
+        """
+        vlen = self.vnet_hdr_len
+        if not vlen:
+            return b""
+        if csum_offload:
+            mac = pkt.mac_off if pkt.mac_off >= 0 else pkt.head
+            hdr = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, 0, 0,
+                                pkt.trans_off - mac, TCP_CHECK_OFFSET)
+        else:
+            hdr = bytes(VNET_HDR.size)
+        return hdr + bytes(vlen - VNET_HDR.size)
+
+    def _write_frames(self, link: Any, qs: QueueStats, frames: list[bytearray],
+                      vlen: int) -> None:
+        """Hand finished frames (virtio-net header first) to the link, one write each."""
+        write = link.write_frame
+        sent = nbytes = 0
+        for frame in frames:
+            n = len(frame) - vlen
+            if n < ETH_ZLEN:
+                # Padded with zeros to the Ethernet minimum, as _write does.
+                frame += bytes(ETH_ZLEN - n)
+                n = ETH_ZLEN
+            if write(frame):
+                sent += 1
+                nbytes += n
+            else:
+                self._tx_error(qs)
+        qs.tx_packets += sent
+        qs.tx_bytes += nbytes
+        counters = self.counters
+        counters["tx_packets"] += sent
+        counters["tx_bytes"] += nbytes
 
     def _write(self, link: Any, qs: QueueStats, pkt: Packet, vlen: int,
                token: object = None, csum_offload: bool | None = None) -> None:

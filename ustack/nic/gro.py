@@ -12,6 +12,13 @@ Per held flow only the first frame's headers and memoryview slices of every
 segment's payload are kept; the super-segment is built with one join when
 it is delivered (``napi_gro_complete``), so payload is copied once.
 
+The driver offers each raw frame to :meth:`Gro.receive_frame` first: the
+next segment of the flow held last is recognised by one masked compare of
+its header bytes with the held frame's, its IP header checksum by
+arithmetic on the three fields that may differ, and its TCP checksum by one
+sum over the whole frame, without building a Packet. Anything else takes
+:meth:`Gro.receive`; both reach the same verdicts.
+
 What a frame becomes, with the kernel's ``gro_result`` names as counters:
 
 - ``gro_normal``: delivered at once, unchanged (not TCP/IPv4, IP options, a
@@ -33,7 +40,15 @@ import struct
 from collections.abc import Callable
 
 from ..buffer import CHECKSUM_UNNECESSARY, Packet
-from ..checksum import checksum_ok, internet_checksum
+from ..checksum import (
+    FOLD_1536,
+    FOLD_3072,
+    FOLD_6144,
+    FOLD_MAX,
+    checksum_ok,
+    csum_partial,
+    internet_checksum,
+)
 
 # (version/IHL, TOS, total length, id, frag_off, TTL, protocol) at the IP header.
 _IPH = struct.Struct("!BBHHHBB")
@@ -41,6 +56,8 @@ _IPH = struct.Struct("!BBHHHBB")
 # kernel's tcp_flag_word: data offset, reserved bits, flags and window.
 _TCPH = struct.Struct("!III")
 _TOT_LEN = struct.Struct("!H")
+# (total length, id, header checksum, TCP seq) from IP header offset 2.
+_FRAME_VAR = struct.Struct("!HH4xH12xI")
 
 ETH_HLEN = 14
 IP_DF = 0x4000
@@ -72,6 +89,23 @@ COUNTERS = (
 )
 
 
+def _frame_mask(m: int, data_off: int) -> int:
+    """Which bytes of a frame up to its TCP payload must equal the held frame's.
+
+    All of them (virtio-net header, MAC header, IP and TCP headers with
+    options) except those that change from segment to segment: IP total
+    length, id and header checksum, TCP sequence number, checksum and urgent
+    pointer (neither tcp_gro_receive nor inet_gro_flush compares the last).
+    *m* is the MAC header's offset, *data_off* the payload's.
+    """
+    mask = bytearray(b"\xff" * data_off)
+    n = m + ETH_HLEN
+    t = n + 20
+    for start, stop in ((n + 2, n + 6), (n + 10, n + 12), (t + 4, t + 8), (t + 16, t + 20)):
+        mask[start:stop] = bytes(stop - start)
+    return int.from_bytes(mask, "big")
+
+
 def _segs_bucket(count: int) -> str:
     if count == 1:
         return "gro_segs_1"
@@ -90,6 +124,8 @@ class _Held:
     __slots__ = (
         "pkt", "data_off", "parts", "next_seq", "mss", "count", "ip_len",
         "ip_id", "fixedid", "ack", "word", "opts", "tos", "ttl", "frag", "mac", "flags",
+        "key", "next_id", "frame_hdr", "frame_mask", "frame_n", "ip_var", "csum_valid",
+        "csum_base",
     )
 
     def __init__(
@@ -114,6 +150,18 @@ class _Held:
         self.frag = frag
         self.mac = mac
         self.flags = 0  # FIN/PSH or'ed in from later segments
+        self.key = b""
+        self.next_id = 0  # the IP id the next segment must carry
+        # For Gro.receive_frame (None: this flow takes the full path only): the
+        # first frame's bytes up to the payload under a mask of what must be
+        # equal, its (total length + id + header checksum), and whether the
+        # link vouched for its checksums.
+        self.frame_hdr: int | None = None
+        self.frame_mask = 0
+        self.frame_n = 0  # the IP header's offset in the frame
+        self.ip_var = 0
+        self.csum_valid = False
+        self.csum_base = 0
 
 
 class Gro:
@@ -130,6 +178,13 @@ class Gro:
         self.counters: dict[str, int] = {name: 0 for name in COUNTERS}
         # Held packets by (saddr, daddr, sport, dport), oldest first.
         self._held: dict[bytes, _Held] = {}
+        # Where the MAC header starts in the raw frames the driver reads (its
+        # virtio-net header length); None: no receive_frame fast path.
+        self.frame_vlen: int | None = None
+        # The held packet the last segment joined, if receive_frame may try it.
+        self._fast: _Held | None = None
+        # receive_frame's compare masks by header length (see _frame_mask).
+        self._masks: dict[int, int] = {}
 
     @property
     def held(self) -> int:
@@ -147,6 +202,7 @@ class Gro:
         m = pkt.head
         n = m + ETH_HLEN
         end = pkt.tail
+        link_valid = pkt.ip_summed == CHECKSUM_UNNECESSARY
         # dev_gro_receive: only ETH_P_IP has an offload here (no VLAN, no IPv6).
         if end - n < 40 or buf[m + 12] != 0x08 or buf[m + 13] != 0x00:
             self._normal(pkt)
@@ -227,12 +283,15 @@ class Gro:
                 p.count += 1
                 p.ip_len += length
                 p.next_seq = (seq + length) & 0xFFFFFFFF
+                p.next_id = (p.ip_id + (0 if p.fixedid else p.count)) & 0xFFFF
                 p.flags |= word & (TCP_FLAG_FIN | TCP_FLAG_PSH)
                 self.counters["gro_merged"] += 1
                 # out_check_final: a short last segment or PSH/FIN ends the flow.
                 if length < p.mss or word & _FLAGS_FINAL:
                     del held[key]
                     self._complete(p)
+                elif p.frame_hdr is not None:
+                    self._fast = p
                 return
         if skb_flush or length == 0 or word & _FLAGS_FINAL:
             self._normal(pkt)
@@ -241,12 +300,97 @@ class Gro:
             # gro_flush_oldest.
             oldest = next(iter(held))
             self._complete(held.pop(oldest))
-        held[key] = _Held(
+        p = held[key] = _Held(
             pkt, data_off, memoryview(buf)[data_off:ip_end], (seq + length) & 0xFFFFFFFF,
             length, tot_len, ip_id, ack, word, bytes(buf[t + 20 : data_off]), tos, ttl, frag,
             bytes(buf[m:n]),
         )
+        p.key = key
+        p.next_id = (ip_id + 1) & 0xFFFF
+        if (m == self.frame_vlen and not m & 1 and type(buf) is bytes and not pkt.vlan_tci
+                and not word & TCP_FLAG_CWR):
+            # A raw frame as the driver read it: later segments of the flow may
+            # be matched against its bytes (receive_frame). An even header
+            # offset keeps the frame's 16-bit words those of the checksum.
+            mask = self._masks.get(data_off)
+            if mask is None:
+                mask = self._masks[data_off] = _frame_mask(m, data_off)
+            p.frame_mask = mask
+            p.frame_hdr = int.from_bytes(buf[:data_off], "big") & mask
+            p.frame_n = n
+            ip_var = tot_len + ip_id + ((buf[n + 10] << 8) | buf[n + 11])
+            p.ip_var = ip_var % 0xFFFF
+            p.csum_valid = link_valid
+            # The words before the addresses but length, id and checksum, less
+            # the pseudo-header's protocol and TCP length (total length - 20).
+            p.csum_base = (csum_partial(memoryview(buf)[: n + 12]) - ip_var
+                           - IPPROTO_TCP + 20) % 0xFFFF
+            # The next segment may come straight here (with the next IP id,
+            # which keeps the flow's ids incrementing: inet_gro_flush).
+            self._fast = p
         self.counters["gro_held"] += 1
+
+    def receive_frame(self, frame: bytes) -> bool:
+        """Merge a raw frame into the flow the last segment joined; False: not here.
+
+        The common case of a bulk flow, for the driver to try before it builds
+        a Packet: the next in-order, MSS-or-shorter segment of the held flow,
+        with every header byte that tcp_gro_receive and inet_gro_flush want
+        equal (virtio-net and MAC headers, IP but length/id/checksum, ports,
+        ack, flag word, window, options) equal, the expected IP id and valid
+        checksums. Such a frame merges exactly as :meth:`receive` would merge
+        it; on False nothing changed and the frame takes :meth:`receive`.
+        """
+        p = self._fast
+        if p is None:
+            return False
+        hlen = p.data_off
+        end = len(frame)
+        if end <= hlen:
+            return False
+        n = p.frame_n
+        tot_len, ip_id, ip_csum, seq = _FRAME_VAR.unpack_from(frame, n + 2)
+        length = end - hlen
+        if (
+            seq != p.next_seq
+            or tot_len != end - n
+            or length > p.mss
+            or ip_id != p.next_id
+            or p.ip_len + length >= self.max_size
+            # ip_fast_csum: every other header word equals the held packet's,
+            # whose header summed to 0xffff, so only these three can differ.
+            or (tot_len + ip_id + ip_csum - p.ip_var) % 0xFFFF
+            or int.from_bytes(frame[:hlen], "big") & p.frame_mask != p.frame_hdr
+        ):
+            return False
+        if not p.csum_valid:
+            # skb_gro_checksum_validate, as receive does, but over the whole
+            # frame: the words in front of the IP addresses are the held
+            # frame's but for length, id and checksum, so their sum is known
+            # (csum_base), and the length cancels the pseudo-header's.
+            if end <= FOLD_MAX:
+                value = int.from_bytes(frame, "big")
+                if end & 1:
+                    value <<= 8
+                # Folds at multiples of 16 bits keep the sum mod 0xffff and
+                # make the final % (a division per 30-bit digit) short.
+                value = (value >> 6144) + (value & FOLD_6144)
+                value = (value >> 3072) + (value & FOLD_3072)
+                value = (value >> 1536) + (value & FOLD_1536)
+                if (value - p.csum_base - ip_id - ip_csum) % 0xFFFF:
+                    return False
+            elif csum_partial(memoryview(frame)[n + 12 :], IPPROTO_TCP + tot_len - 20) != 0xFFFF:
+                return False
+        p.parts.append(memoryview(frame)[hlen:])
+        p.count += 1
+        p.ip_len += length
+        p.next_seq = (seq + length) & 0xFFFFFFFF
+        p.next_id = (ip_id + (not p.fixedid)) & 0xFFFF
+        self.counters["gro_merged"] += 1
+        if length < p.mss:
+            del self._held[p.key]
+            self._complete(p)
+        return True
 
     def flush(self) -> None:
         """``napi_gro_flush``: deliver every held packet, oldest first."""
@@ -255,6 +399,7 @@ class Gro:
             return
         flows = list(held.values())
         held.clear()
+        self._fast = None
         for p in flows:
             self._complete(p)
 
@@ -264,6 +409,8 @@ class Gro:
 
     def _complete(self, p: _Held) -> None:
         """``napi_gro_complete``: finish a held packet's headers and deliver it."""
+        if self._fast is p:
+            self._fast = None
         counters = self.counters
         counters["gro_flushed"] += 1
         count = p.count

@@ -27,12 +27,29 @@ class Ring(Generic[T]):
         self.size = size
         self._q: deque[T] = deque()
 
+    @property
+    def descriptors(self) -> deque[T]:
+        """The filled descriptors, oldest first: a driver's hot loop pops them directly."""
+        return self._q
+
     def push(self, item: T) -> bool:
         """Place one descriptor; False (and nothing stored) when the ring is full."""
         if len(self._q) >= self.size:
             return False
         self._q.append(item)
         return True
+
+    def push_many(self, items: list[T]) -> int:
+        """Place as many of *items* as there is room for, in order; return how many."""
+        q = self._q
+        room = self.size - len(q)
+        if len(items) <= room:
+            q.extend(items)
+            return len(items)
+        if room > 0:
+            q.extend(items[:room])
+            return room
+        return 0
 
     def pop(self) -> T:
         """Take the oldest descriptor (IndexError when empty)."""
