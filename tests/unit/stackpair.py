@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -41,3 +42,18 @@ async def running(*stacks: Stack) -> AsyncIterator[None]:
             await nursery.start(s.run)
         yield
         nursery.cancel_scope.cancel()
+
+
+async def pair_sockets(a: Stack, b: Stack, port: int, rcvbuf: int | None = None):
+    """A connected TCP pair: the client on *a*, the accepted socket on *b*."""
+    lsock = b.socket()
+    await lsock.bind(("", port))
+    if rcvbuf is not None:
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    lsock.listen(1)
+    c = a.socket()
+    async with trio.open_nursery() as n:
+        n.start_soon(c.connect, ("10.0.0.2", port))
+        s, _ = await lsock.accept()
+    lsock.close()
+    return c, s

@@ -9,24 +9,10 @@ import socket
 
 import pytest
 import trio
-from stackpair import make_pair, run, running
+from stackpair import make_pair, pair_sockets, run, running
 
 from ustack.sockets.base import MSG_DONTWAIT
 from ustack.sockets.tcp import TCP_NOTSENT_LOWAT
-
-
-async def pair_sockets(a, b, port: int, rcvbuf: int | None = None):
-    lsock = b.socket()
-    await lsock.bind(("", port))
-    if rcvbuf is not None:
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    lsock.listen(1)
-    c = a.socket()
-    async with trio.open_nursery() as n:
-        n.start_soon(c.connect, ("10.0.0.2", port))
-        s, _ = await lsock.accept()
-    lsock.close()
-    return c, s
 
 
 def test_send_blocks_at_wmem_limit_and_nonblocking_raises_eagain():

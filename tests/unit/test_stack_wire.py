@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from scapy.layers.inet import ICMP, IP, fragment
 from scapy.layers.l2 import ARP, Ether
-from stackpair import A_MAC, B_MAC, make_pair, run, running
+from stackpair import A_MAC, B_MAC, make_pair, pair_sockets, run, running
 
 from ustack.net.arp import NUD_FAILED, NUD_REACHABLE
 
@@ -162,13 +162,7 @@ def test_feature_change_reaches_the_sockets():
 
     async def main():
         async with running(a, b):
-            ls = b.socket()
-            await ls.bind(("", 9))
-            ls.listen(4)
-            c = a.socket()
-            async with trio.open_nursery() as n:
-                n.start_soon(c.connect, ("10.0.0.2", 9))
-                s, _ = await ls.accept()
+            c, s = await pair_sockets(a, b, 9)
             conn = c.conn
             assert conn.gso_max == a.tcp.gso_max == a.dev.gso_max_size > 0
             a.dev.features.set({"generic-segmentation-offload": False})
@@ -199,13 +193,7 @@ def test_tcp_progress_confirms_the_neighbour_no_arp_probes():
 
     async def main():
         async with running(a, b):
-            ls = b.socket()
-            await ls.bind(("", 7))
-            ls.listen(4)
-            c = a.socket()
-            async with trio.open_nursery() as n:
-                n.start_soon(c.connect, ("10.0.0.2", 7))
-                s, _ = await ls.accept()
+            c, s = await pair_sockets(a, b, 7)
             wire.a.tx_filter = watch
             # Three minutes of one message a second: several reachable_time
             # periods (15-45 s) and delay_first_probe_time (5 s) over.

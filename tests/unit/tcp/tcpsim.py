@@ -10,6 +10,7 @@ event (deliveries and connection deadlines).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from collections.abc import Callable
@@ -224,3 +225,13 @@ def transfer(net: Net, src: TcpConnection, dst: TcpConnection, data: bytes,
         assert net.step() or progress(), f"stall: nothing scheduled at {len(got)}/{len(data)}"
         assert net.now < limit, f"too slow: {len(got)}/{len(data)} at t={net.now}"
     return bytes(got)
+
+
+def blob(n: int, seed: int = 0) -> bytes:
+    """*n* deterministic pseudo-random bytes (a sha256 chain from *seed*)."""
+    out = bytearray()
+    h = hashlib.sha256(str(seed).encode()).digest()
+    while len(out) < n:
+        h = hashlib.sha256(h).digest()
+        out += h * 64
+    return bytes(out[:n])

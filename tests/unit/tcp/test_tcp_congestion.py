@@ -1,10 +1,9 @@
 """Pluggable congestion control: the registry, Reno with ABC, CUBIC with HyStart."""
 
 import errno
-import hashlib
 
 import pytest
-from tcpsim import Net, transfer
+from tcpsim import Net, blob, transfer
 
 from ustack.stats import Stats
 from ustack.transport.tcp import TcpConnection, congestion
@@ -40,15 +39,6 @@ class FakeTp:
 
     def flight_size(self):
         return self.cwnd if self._flight is None else self._flight
-
-
-def blob(n, seed=0):
-    out = bytearray()
-    h = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < n:
-        h = hashlib.sha256(h).digest()
-        out += h * 64
-    return bytes(out[:n])
 
 
 # -- registry ----------------------------------------------------------------------

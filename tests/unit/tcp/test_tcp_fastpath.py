@@ -1,23 +1,12 @@
 """Header prediction (``tcp_rcv_established``'s fast path) and its counters.
 
-A clean bulk transfer takes the fast path for its in-order data (TCPHPHits)
-and for the ACKs that advance SND.UNA (TCPHPAcks); anything unusual (loss,
-reordering, a window change, a FIN) takes the slow path. Either way the
-bytes arrive exactly and the counters say which path each segment took.
+In-order data takes the fast path (TCPHPHits), and so does an ACK that
+advances SND.UNA with the window unchanged (TCPHPAcks); anything unusual
+(loss, reordering, a window change, a FIN) takes the slow path. Either way
+the bytes arrive exactly and the counters say which path each segment took.
 """
 
-import hashlib
-
-from tcpsim import Net, transfer
-
-
-def blob(n: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    h = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < n:
-        h = hashlib.sha256(h).digest()
-        out += h * 64
-    return bytes(out[:n])
+from tcpsim import Net, blob, transfer
 
 
 def test_clean_transfer_is_header_predicted():

@@ -5,23 +5,13 @@ SACK (RFC 6675) and NewReno (RFC 6582) fast recovery, limited transmit
 (Eifel RFC 3522, F-RTO RFC 5682, D-SACK), with the kernel's counters.
 """
 
-import hashlib
 import heapq
 
 import pytest
-from tcpsim import Net, transfer
+from tcpsim import Net, blob, transfer
 
 from ustack.transport.tcp.congestion import CA_OPEN, TCP_INFINITE_SSTHRESH
 from ustack.transport.tcp.seq import after, seq_sub
-
-
-def blob(n, seed=0):
-    out = bytearray()
-    h = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < n:
-        h = hashlib.sha256(h).digest()
-        out += h * 64
-    return bytes(out[:n])
 
 
 def make(sack=True, ts=True, **kw):

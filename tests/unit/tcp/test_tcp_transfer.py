@@ -4,18 +4,9 @@ import hashlib
 import os
 
 import pytest
-from tcpsim import Net, transfer
+from tcpsim import Net, blob, transfer
 
 from ustack.transport.tcp import TcpState
-
-
-def blob(n, seed=0):
-    out = bytearray()
-    h = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < n:
-        h = hashlib.sha256(h).digest()
-        out += h * 64
-    return bytes(out[:n])
 
 
 def sha(b):
