@@ -25,16 +25,16 @@ from ustack.buffer import (
 )
 from ustack.checksum import internet_checksum, pseudo_header_sum
 from ustack.link.tap import TapQueue
-from ustack.nic.device import (
+from ustack.nic.device import NetDevice
+from ustack.nic.features import GRO, GSO, TSO, TX_CSUM, FeatureError, Features
+from ustack.nic.napi import Napi, Softnet
+from ustack.nic.ring import Ring
+from ustack.nic.virtio import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4,
-    NetDevice,
 )
-from ustack.nic.features import GRO, GSO, TSO, TX_CSUM, FeatureError, Features
-from ustack.nic.napi import Napi, Softnet
-from ustack.nic.ring import Ring
 from ustack.sysctl import Sysctl
 
 MAC = bytes.fromhex("020000000002")

@@ -5,7 +5,7 @@ side works like a driver with interrupt mitigation: the link becoming
 readable is the interrupt; the "DMA" copies waiting frames into the RX ring
 (dropping, and counting ``rx_fifo_errors``, when the ring is full); NAPI
 polls take frames off the ring, parse the virtio-net header into packet
-metadata and hand each frame to the stack (``netif_receive_skb``). The
+metadata (nic/virtio.py) and hand each frame to the stack (``netif_receive_skb``). The
 transmit side is ``ndo_start_xmit``: a frame goes onto the queue's TX ring,
 and the ring is written to the link in one burst when the doorbell is rung
 (at the end of a softirq round, or when the ring is full).
@@ -14,38 +14,36 @@ and the ring is written to the link in one burst when the doorbell is rung
 from __future__ import annotations
 
 import dataclasses
-import struct
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..buffer import (
     CHECKSUM_PARTIAL,
-    CHECKSUM_UNNECESSARY,
     Packet,
     skb_checksum_help,
     skb_orphan,
 )
-from ..checksum import csum_fold, csum_partial
 from .coalesce import Coalesce
 from .dql import Dql
 from .features import GRO, GRO_HW, RX_CSUM, RX_VLAN, TSO, TX_CSUM, VLAN_FILTER, Features
 from .gro import Gro
-from .gso import TCP_CHECK_OFFSET, gso_frames, gso_segment
+from .gso import gso_frames, gso_segment
 from .impair import Impair, Impairment
 from .napi import Napi, Softnet
 from .qdisc import DEFAULT_TXQUEUELEN, Qdisc, make_qdisc
 from .ring import Ring
 from .rss import Rss
+from .virtio import (
+    gso_prefix,
+    headers_len,
+    parse_vnet_hdr,
+    push_vnet_hdr,
+    wire_form,
+)
 from .vlan import is_tagged, vlan_id, vlan_insert_tag, vlan_untag
 from .xdp import COUNTERS as XDP_COUNTERS
 from .xdp import XDP_PASS, XDP_TX, XdpBuff, XdpProg, run_xdp
-
-# struct virtio_net_hdr (include/uapi/linux/virtio_net.h), little-endian.
-VNET_HDR = struct.Struct("<BBHHHH")
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VIRTIO_NET_HDR_F_DATA_VALID = 2
-VIRTIO_NET_HDR_GSO_NONE = 0
-VIRTIO_NET_HDR_GSO_TCPV4 = 1
 
 ETH_HLEN = 14
 VLAN_HLEN = 4
@@ -306,7 +304,7 @@ class NetDevice:
             imp = Impairment(dataclasses.replace(knobs, seed=seed))
             if self.vnet_hdr_len:
                 imp.header_len = self.vnet_hdr_len + ETH_HLEN
-                imp.wire_form = self._wire_form
+                imp.wire_form = functools.partial(wire_form, vlen=self.vnet_hdr_len)
             return imp
 
         for q in range(len(self.links)):
@@ -321,25 +319,6 @@ class NetDevice:
         self.impair_spec = (rx, tx)
         self.impaired = rx is not None or tx is not None
         self.flush_tx()
-
-    def _wire_form(self, frame: bytes) -> bytearray:
-        """*frame* (virtio-net header first) as a real wire carries it, for a bit flip.
-
-        A NEEDS_CSUM frame holds only the pseudo-header sum: complete it
-        (``skb_checksum_help``), and clear the offload flags so the receiver
-        verifies the checksum instead of trusting it; a kernel super-frame
-        keeps its GSO fields and is checked as one segment.
-        """
-        buf = bytearray(frame)
-        vlen = self.vnet_hdr_len
-        flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
-        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            start = vlen + csum_start
-            with memoryview(buf) as view:
-                total = csum_partial(view[start:])
-            struct.pack_into("!H", buf, start + csum_offset, csum_fold(total))
-        VNET_HDR.pack_into(buf, 0, 0, gso_type, hdr_len, gso_size, 0, 0)
-        return buf
 
     def _release_all(self, q: int) -> list[bytes]:
         """Frames held on the TX side when impairments change go out now."""
@@ -427,7 +406,7 @@ class NetDevice:
                 # A frame shorter than its virtio-net header plus Ethernet is a
                 # length error before any header is read (virtnet receive_buf).
                 if vlen and n >= ETH_HLEN:
-                    self._parse_vnet_hdr(pkt, frame)
+                    parse_vnet_hdr(pkt, frame, vlen)
                 if n < ETH_HLEN or (n > max_frame and not pkt.gso_size):
                     counters["rx_length_errors"] += 1
                     counters["rx_errors"] += 1
@@ -505,20 +484,6 @@ class NetDevice:
             self.counters["rx_vlan_filtered"] += 1
             return False
         return True
-
-    def _parse_vnet_hdr(self, pkt: Packet, frame: bytes) -> None:
-        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(frame)
-        if flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID):
-            # The local kernel built this frame; a NEEDS_CSUM frame holds only
-            # the pseudo-header sum, and is as trustworthy as a verified one
-            # (FACTS.md, tun_get_user -> virtio_net_hdr_to_skb).
-            pkt.ip_summed = CHECKSUM_UNNECESSARY
-        if gso_type & 0x7F:
-            pkt.gso_type = gso_type
-            pkt.gso_size = gso_size
-        # virtio counts csum_start from the frame; Packet offsets are into the buffer.
-        pkt.csum_start = csum_start + self.vnet_hdr_len
-        pkt.csum_offset = csum_offset
 
     # ---- transmit -----------------------------------------------------------
 
@@ -650,7 +615,7 @@ class NetDevice:
         for pkt in self.tx_rings[q].drain():
             n = pkt.tail - pkt.head
             token = None if impair is None else (pkt, n)
-            if pkt.gso_size and n - _headers_len(pkt) > pkt.gso_size:
+            if pkt.gso_size and n - headers_len(pkt) > pkt.gso_size:
                 if (TSO in features and vlen and pkt.ip_summed == CHECKSUM_PARTIAL
                         and not corrupting):
                     # The kernel takes the super-frame whole (virtio GSO_TCPV4).
@@ -665,7 +630,7 @@ class NetDevice:
                     segs: list[Packet] = []
                     try:
                         if impair is None and self.tap_tx is None and not pkt.vlan_tci:
-                            frames = gso_frames(pkt, self._gso_prefix(pkt, csum_offload),
+                            frames = gso_frames(pkt, gso_prefix(pkt, vlen, csum_offload),
                                                 csum_offload)
                         if frames is None:
                             segs = gso_segment(pkt, csum_offload=csum_offload)
@@ -699,23 +664,6 @@ class NetDevice:
             done += self._impair_completions(impair, self.clock())
         if done:
             self._tx_completed(q, done)
-
-    def _gso_prefix(self, pkt: Packet, csum_offload: bool) -> bytes:
-        """The virtio-net header of each segment software GSO cuts from *pkt*.
-
-        What :meth:`_push_vnet_hdr` writes for such a segment: no GSO, and
-        with *csum_offload* NEEDS_CSUM at the TCP checksum.
-        """
-        vlen = self.vnet_hdr_len
-        if not vlen:
-            return b""
-        if csum_offload:
-            mac = pkt.mac_off if pkt.mac_off >= 0 else pkt.head
-            hdr = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, 0, 0,
-                                pkt.trans_off - mac, TCP_CHECK_OFFSET)
-        else:
-            hdr = bytes(VNET_HDR.size)
-        return hdr + bytes(vlen - VNET_HDR.size)
 
     def _write_frames(self, link: Any, qs: QueueStats, frames: list[bytearray],
                       vlen: int) -> None:
@@ -766,7 +714,7 @@ class NetDevice:
         if self.tap_tx is not None:
             self.tap_tx(pkt.data())
         if vlen:
-            self._push_vnet_hdr(pkt)
+            push_vnet_hdr(pkt, vlen)
         impair = self.tx_impair[pkt.queue % len(self.links)]
         if impair is None:
             if not link.write_frame(pkt.data()):
@@ -789,27 +737,6 @@ class NetDevice:
         qs.tx_drops += 1
         self.counters["tx_dropped"] += 1
         self.counters["tx_errors"] += 1
-
-    def _push_vnet_hdr(self, pkt: Packet) -> None:
-        start = pkt.head
-        off = pkt.push(self.vnet_hdr_len)
-        flags = 0
-        csum_start = csum_offset = 0
-        if pkt.ip_summed == CHECKSUM_PARTIAL:
-            flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
-            csum_start = pkt.csum_start - start
-            csum_offset = pkt.csum_offset
-        # The virtio field is one byte: the TCPV4 type and its ECN bit.
-        gso_type = (pkt.gso_type & 0xFF) if pkt.gso_size else VIRTIO_NET_HDR_GSO_NONE
-        # hdr_len covers every header up to the TCP payload (virtio spec 5.1.6.2).
-        hdr_len = _headers_len(pkt) - self.vnet_hdr_len if pkt.gso_size else 0
-        VNET_HDR.pack_into(
-            pkt.buf, off, flags, gso_type, hdr_len, pkt.gso_size, csum_start, csum_offset
-        )
-        if self.vnet_hdr_len > VNET_HDR.size:
-            pkt.buf[off + VNET_HDR.size : off + self.vnet_hdr_len] = bytes(
-                self.vnet_hdr_len - VNET_HDR.size
-            )
 
     # ---- egress queueing (tc, ip link set txqueuelen) -------------------------
 
@@ -881,7 +808,3 @@ def _check_txqueuelen(n: int) -> int:
         raise ValueError(f"bad txqueuelen {n!r}: must be 1..{2**31 - 1}")
     return n
 
-
-def _headers_len(pkt: Packet) -> int:
-    """Bytes from ``pkt.head`` to the TCP payload of an outgoing TCP packet."""
-    return pkt.trans_off - pkt.head + ((pkt.buf[pkt.trans_off + 12] >> 4) << 2)
