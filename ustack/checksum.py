@@ -9,8 +9,6 @@ One ``int.from_bytes`` and one ``%`` replace a loop over every word
 
 from __future__ import annotations
 
-import struct
-
 Buffer = bytes | bytearray | memoryview
 
 
@@ -95,5 +93,8 @@ def checksum_ok(data: Buffer, initial: int = 0) -> bool:
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    """Sum of the IPv4 pseudo-header (RFC 793 section 3.1, RFC 768)."""
-    return csum_partial(src + dst + struct.pack("!HH", proto, length))
+    """Sum of the IPv4 pseudo-header (RFC 793 section 3.1, RFC 768), as csum_partial
+    gives it (``csum_tcpudp_nofold``): one big-integer reduction, since the
+    protocol and length words add to the addresses' sum as they are. Never 0:
+    the protocol word makes the sum non-zero."""
+    return (int.from_bytes(src + dst, "big") + proto + length) % 0xFFFF or 0xFFFF

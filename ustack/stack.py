@@ -371,12 +371,10 @@ class Stack:
 
     def neigh_output(self, pkt: Packet, nexthop: bytes) -> None:
         """``ip_finish_output2``: resolve the next hop's MAC and transmit."""
-        if self.vlans:
-            route = self.routes.lookup(nexthop)
-            vlan = self._vlan_by_dev.get(route.dev) if route is not None else None
-            if vlan is not None:
-                self._vlan_neigh_output(vlan, pkt, nexthop)
-                return
+        vlan = self._vlan_of(nexthop)
+        if vlan is not None:
+            self._vlan_neigh_output(vlan, pkt, nexthop)
+            return
         if nexthop == LIMITED_BROADCAST or nexthop == self.ipv4.broadcast:
             self._xmit(pkt, BROADCAST, ETH_P_IP)
             return
@@ -390,15 +388,17 @@ class Stack:
             self._xmit(pkt, mac, ETH_P_IP)
         self._arp_flush()
 
+    def _vlan_of(self, nexthop: bytes) -> VlanDev | None:
+        """The VLAN sub-interface whose route reaches *nexthop*, if any."""
+        if not self.vlans:
+            return None
+        route = self.routes.lookup(nexthop)
+        return self._vlan_by_dev.get(route.dev) if route is not None else None
+
     def _neigh_confirm(self, nexthop: bytes) -> None:
         """``neigh_confirm`` in the table of the device that reaches *nexthop*."""
-        arp = self.arp
-        if self.vlans:
-            route = self.routes.lookup(nexthop)
-            vlan = self._vlan_by_dev.get(route.dev) if route is not None else None
-            if vlan is not None:
-                arp = vlan.arp
-        arp.confirm(nexthop, self.now())
+        vlan = self._vlan_of(nexthop)
+        (self.arp if vlan is None else vlan.arp).confirm(nexthop, self.now())
 
     def _xmit(self, pkt: Packet, dst_mac: bytes, ethertype: int) -> None:
         eth_header(pkt, dst_mac, self.mac, ethertype)

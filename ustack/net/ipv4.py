@@ -141,14 +141,6 @@ class Ipv4:
         self.tap_output: Callable[[memoryview], None] | None = None
         self._ident = random.getrandbits(16)
 
-    def dst_confirm(self, dst: bytes) -> None:
-        """``sk_dst_confirm`` -> ``neigh_confirm``: a transport saw *dst* make
-        forward progress, so the neighbour it is reached through is confirmed
-        and stays REACHABLE without ARP probes."""
-        route = self.routes.lookup(dst)
-        if route is not None:
-            self.neigh_confirm(route.nexthop(dst))
-
     def add_address(self, iface: ipaddress.IPv4Interface) -> None:
         """Another local address (a VLAN sub-interface's); packets to it are ours."""
         self.local_addrs.add(iface.ip.packed)
@@ -290,12 +282,15 @@ class Ipv4:
         ttl: int | None = None,
         tos: int = 0,
         df: bool = False,
+        confirm: bool = False,
     ) -> int:
         """Send *pkt* (head at its transport header) to *dst*; return 0 or an errno.
 
         ``ip_queue_xmit`` / ``ip_build_and_send_pkt``: route, build the header,
         fragment if needed (``ip_fragment``; with DF a too-big packet is
         refused with EMSGSIZE, counted FragFails), hand to the neighbour layer.
+        *confirm*: the sender saw forward progress (``skb->dst_pending_confirm``),
+        so the next hop's neighbour entry is confirmed (``sock_confirm_neigh``).
         """
         ip = self.stats.ip
         ip["OutRequests"] += 1
@@ -307,6 +302,8 @@ class Ipv4:
             src = route.src if route is not None else self.addr
         mtu = route.mtu if route is not None else self.mtu
         nexthop = route.nexthop(dst) if route is not None else dst
+        if confirm:
+            self.neigh_confirm(nexthop)
         if ttl is None:
             ttl = self.sysctl["net.ipv4.ip_default_ttl"]
         payload_len = len(pkt)

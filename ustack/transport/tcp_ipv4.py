@@ -247,14 +247,14 @@ class TcpV4:
             pkt.gso_size = mss
             pkt.gso_type = SKB_GSO_TCPV4
         pkt.queue = queue
-        if owner is not None and owner.dst_pending_confirm:
-            # sock_confirm_neigh: the ACK that made progress confirms the neighbour.
+        # skb_set_dst_pending_confirm: an ACK that made progress confirms the neighbour.
+        confirm = owner is not None and owner.dst_pending_confirm
+        if confirm:
             owner.dst_pending_confirm = False
-            self.ipv4.dst_confirm(daddr)
         if owner is not None and seg.payload:
             owner.tsq_queued(pkt.truesize)
             pkt.destructor = self._wfree.get(owner)
-        self.ipv4.ip_output(pkt, daddr, IPPROTO_TCP, src=saddr, df=True)
+        self.ipv4.ip_output(pkt, daddr, IPPROTO_TCP, src=saddr, df=True, confirm=confirm)
 
     def _drain(self, out: list, saddr: bytes, daddr: bytes, mss: int = 0,
                queue: int = 0, owner: TcpConnection | None = None) -> None:

@@ -134,10 +134,7 @@ def build_segment(
         if raw:
             buf[off + TCP_HLEN : off + hlen] = raw
     pkt.trans_off = off
-    # The pseudo-header sum (RFC 9293 3.1) as one big-integer reduction, as
-    # csum_tcpudp_nofold: never 0, the protocol word alone makes it non-zero.
-    pseudo = (int.from_bytes(src_ip + dst_ip, "big") + IPPROTO_TCP + pkt.tail - off) % 0xFFFF \
-        or 0xFFFF
+    pseudo = pseudo_header_sum(src_ip, dst_ip, IPPROTO_TCP, pkt.tail - off)
     if csum_partial_offload:
         _u16.pack_into(buf, off + 16, pseudo)
         pkt.ip_summed = CHECKSUM_PARTIAL
