@@ -50,6 +50,18 @@ is slower for throughput and connections, above 1 is slower for latency.
 ``--json FILE`` writes every number, the raw runs, the sizes used and the
 machine (nproc, CPU model, ``uname -r``, Python version, date).
 
+ustack daemon CPU (right below the first table)
+    The CPU time of ``ustack up`` (all its threads, from
+    ``/proc/PID/task/*/schedstat``) during each of the measurements above,
+    per unit of work: seconds per GB moved (probe and timed runs together),
+    microseconds per round trip (warm-up included) and per connection. Each
+    test's interval runs from the end of the one before, so it includes its
+    connection set-up. It depends less on what else the machine runs than
+    the wall-clock numbers do, so it is the one to compare between commits
+    (interrupt moderation spins count too: adaptive-rx is on).
+    The kernel column has no counterpart: its work is spread over softirq
+    and the server process.
+
 goodput under loss (a second table)
     ``GET /bytes/N`` (the peer sends, so its congestion control and loss
     recovery are what is measured) while ``iptables -m statistic --mode
@@ -110,7 +122,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -255,7 +267,8 @@ def bulk(kind: str, host: str, sz: Sizes) -> dict[str, Any]:
         runs.append(fn(host, nbytes, time.perf_counter() + 4 * sz.bulk_seconds, sz.io_timeout))
     rates = [r["bytes"] / r["seconds"] / 1e6 for r in runs]
     return {"value": statistics.median(rates), "runs_MBps": rates, "run_bytes": nbytes,
-            "probe": probe, "truncated_runs": sum(r["truncated"] for r in runs)}
+            "probe": probe, "truncated_runs": sum(r["truncated"] for r in runs),
+            "bytes_total": probe["bytes"] + sum(r["bytes"] for r in runs)}
 
 
 def nearest_rank(sorted_values: list[float], pct: float) -> float:
@@ -267,8 +280,9 @@ def nearest_rank(sorted_values: list[float], pct: float) -> float:
 def request_response(host: str, sz: Sizes) -> dict[str, Any]:
     """1-byte ping-pong over echo:7; round-trip times in microseconds."""
     samples: list[float] = []
+    warmup = min(100, sz.rr_count)
     with _connect(host, 7, sz.io_timeout) as s:
-        for _ in range(min(100, sz.rr_count)):  # warm-up, not counted
+        for _ in range(warmup):  # warm-up, not timed
             s.sendall(b"w")
             if s.recv(1) != b"w":
                 raise OSError("echo answered wrongly during warm-up")
@@ -285,7 +299,8 @@ def request_response(host: str, sz: Sizes) -> dict[str, Any]:
                 break
     samples.sort()
     return {"median": statistics.median(samples), "p99": nearest_rank(samples, 99),
-            "min": samples[0], "max": samples[-1], "round_trips": len(samples)}
+            "min": samples[0], "max": samples[-1], "round_trips": len(samples),
+            "round_trips_total": warmup + len(samples)}
 
 
 def connections(host: str, sz: Sizes) -> dict[str, Any]:
@@ -565,8 +580,12 @@ def wait_ready(p: subprocess.Popen, log: Path, what: str, timeout: float = 30.0)
         time.sleep(0.05)
 
 
-def run_client(lab: Lab, ns: str, column: str, sz: Sizes) -> dict[str, Any]:
-    """Run the client role in *ns* against PEER; print progress; its records by test."""
+def run_client(lab: Lab, ns: str, column: str, sz: Sizes,
+               on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the client role in *ns* against PEER; print progress; its records by test.
+
+    *on_record* is called as each record arrives, that is when its test ended.
+    """
     label = dict(COLUMNS)[column]
     argv = [sys.executable, str(Path(__file__).resolve()), "_client", PEER,
             json.dumps(asdict(sz))]
@@ -582,6 +601,8 @@ def run_client(lab: Lab, ns: str, column: str, sz: Sizes) -> dict[str, Any]:
         assert p.stdout is not None
         for raw in p.stdout:
             rec = json.loads(raw)
+            if on_record is not None:
+                on_record(rec)
             records[rec["test"]] = rec
             say(f"{label}: {describe(rec)}")
         p.wait()
@@ -666,6 +687,50 @@ def tap_features(ns: str | None, dev: str = "tap0") -> dict[str, str]:
     return feats
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time *pid* has run so far, all its threads (``/proc/PID/task/*/schedstat``).
+
+    schedstat's first field is nanoseconds on a CPU, user and system alike;
+    None if the process is gone or the kernel does not keep it.
+    """
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
+# The daemon CPU table's rows: (test, label, the work field of the client's
+# record, work per unit, CPU time unit in seconds): CPU seconds per GB moved,
+# microseconds per round trip or connection.
+CPU_ROWS = [
+    ("bulk_kernel_to_peer", "bulk kernel->peer (CPU s per GB)", "bytes_total", 1e9, 1.0),
+    ("bulk_peer_to_kernel", "bulk peer->kernel (CPU s per GB)", "bytes_total", 1e9, 1.0),
+    ("rr", "RR (CPU us per round trip)", "round_trips_total", 1, 1e-6),
+    ("connections", "connections (CPU us each)", "connections", 1, 1e-6),
+]
+
+
+def daemon_cpu(marks: dict[str, float | None], records: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's CPU per unit of work of each test, from its CPU time at each
+    record (*marks*, "start" first): the interval ending at a test's record is
+    that test's, as the client runs them one after another."""
+    out: dict[str, Any] = {}
+    before = marks.get("start")
+    for test, _, field, per, unit in CPU_ROWS:
+        now = marks.get(test)
+        rec = records.get(test, {})
+        work = rec.get(field)
+        if before is None or now is None or not work or "error" in rec:
+            out[test] = None
+        else:
+            out[test] = (now - before) / unit / (work / per)
+        before = now
+    return out
+
+
 def measure_ustack(lab: Lab, sz: Sizes, ustack: str, offload: str | None,
                    column: str) -> dict[str, Any]:
     """Columns (b) and (c): the kernel of a fresh namespace <-tap0-> ``ustack up``."""
@@ -682,10 +747,14 @@ def measure_ustack(lab: Lab, sz: Sizes, ustack: str, offload: str | None,
     log = lab.dir / f"daemon-{column}.log"
     daemon = lab.start(ns, argv, log)
     stat: dict[str, Any] = {}
+    marks: dict[str, float | None] = {}
     try:
         ready = wait_ready(daemon, log, "ustack up")
         features = tap_features(ns)
-        records = run_client(lab, ns, column, sz)
+        # ``ip netns exec`` execs: the Popen's pid is the daemon's.
+        marks["start"] = cpu_seconds(daemon.pid)
+        records = run_client(lab, ns, column, sz,
+                             lambda rec: marks.update({rec["test"]: cpu_seconds(daemon.pid)}))
         if daemon.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()
             raise BenchError(f"ustack up ({label}) exited {daemon.returncode} during the run"
@@ -703,7 +772,7 @@ def measure_ustack(lab: Lab, sz: Sizes, ustack: str, offload: str | None,
     return {"records": records, "ready_line": ready, "features": features,
             "reported_offload": reported.group(1) if reported else None,
             "tcp_counters": stat, "daemon_exit_status": status,
-            "daemon_tracebacks": problems}
+            "daemon_tracebacks": problems, "daemon_cpu": daemon_cpu(marks, records)}
 
 
 # --------------------------------------------------------------------------- loss
@@ -943,10 +1012,7 @@ def coalesce_table(rows: list[dict[str, Any]]) -> str:
             v = r.get(key)
             cells.append("failed" if v is None else fmt.format(v))
         body.append(cells)
-    widths = [max(len(c[i]) for c in [heads, *body]) for i in range(len(heads))]
-    return "\n".join("  ".join([c[0].ljust(widths[0]),
-                                *(x.rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))])
-                     for c in [heads, *body])
+    return grid(heads, body)
 
 
 def loss_table(rows: list[dict[str, Any]]) -> str:
@@ -960,10 +1026,7 @@ def loss_table(rows: list[dict[str, Any]]) -> str:
             cells.append("failed" if v is None else f"{v:.2f}")
         cells.append("-" if r["ratio"] is None else f"{r['ratio']:.3f}")
         body.append(cells)
-    widths = [max(len(c[i]) for c in [heads, *body]) for i in range(len(heads))]
-    return "\n".join("  ".join([c[0].ljust(widths[0]),
-                                *(x.rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))])
-                     for c in [heads, *body])
+    return grid(heads, body)
 
 
 # --------------------------------------------------------------------------- report
@@ -1012,13 +1075,29 @@ def table(results: dict[str, dict[str, float | None]]) -> str:
             r = ratio(results[col][key], results[base][key])
             row.append("-" if r is None else f"{r:.3f}" if r < 10 else f"{r:.1f}")
         rows.append(row)
-    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+    return grid(heads, rows)
 
-    def fmt(r: list[str]) -> str:
-        cells = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        return "  ".join([r[0].ljust(widths[0]), *cells])
 
-    return "\n".join([fmt(heads), *(fmt(r) for r in rows)])
+def cpu_table(details: dict[str, Any]) -> str:
+    """The daemon CPU table's text: CPU per unit of work, offload on and off."""
+    cols = [col for col, _ in COLUMNS[1:]]
+    heads = ["ustack daemon CPU"] + [lbl for col, lbl in COLUMNS[1:]]
+    body = []
+    for test, label, *_ in CPU_ROWS:
+        cells = [label]
+        for col in cols:
+            v = (details[col].get("daemon_cpu") or {}).get(test)
+            cells.append("-" if v is None else f"{v:.2f}" if v < 100 else f"{v:.0f}")
+        body.append(cells)
+    return grid(heads, body)
+
+
+def grid(heads: list[str], body: list[list[str]]) -> str:
+    """Rows of cells as text columns: the first left-aligned, the rest right."""
+    widths = [max(len(c[i]) for c in [heads, *body]) for i in range(len(heads))]
+    return "\n".join("  ".join([c[0].ljust(widths[0]),
+                                *(x.rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))])
+                     for c in [heads, *body])
 
 
 # --------------------------------------------------------------------------- main
@@ -1099,6 +1178,7 @@ def bench(args: argparse.Namespace) -> int:
         failed += [f"loss.{row['cc']}.{row['loss']:.0%}.{key}"
                    for key in ("kernel_veth", "ustack") if row.get(key) is None]
     print(table(results))
+    print(cpu_table(details))
     if loss_rows:
         print(loss_table(loss_rows))
     print(coalesce_table(coalesce_rows))
@@ -1138,6 +1218,7 @@ def bench(args: argparse.Namespace) -> int:
                 for key, _, _ in MEASUREMENTS
             },
             "details": details,
+            "daemon_cpu": {col: details[col]["daemon_cpu"] for col, _ in COLUMNS[1:]},
             "loss": loss_rows,
             "coalescing": coalesce_rows,
             "tsq": tsq_rows,

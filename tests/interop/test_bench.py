@@ -57,8 +57,21 @@ def test_quick_bench_reports_every_measurement(tmp_path):
         assert data["details"]["ustack_offload_on"]["reported_offload"] in ("on", None)
         assert data["details"]["ustack_offload_off"]["reported_offload"] in ("off", None)
 
-    # The table on stdout has a row per measurement; progress went to stderr.
+    # The daemon's CPU per unit of work, for every test in both ustack columns
+    # (schedstat counts nanoseconds, so any work shows).
+    for column in COLUMNS[1:]:
+        cpu = data["daemon_cpu"][column]
+        assert set(cpu) == {"bulk_kernel_to_peer", "bulk_peer_to_kernel", "rr", "connections"}
+        assert all(isinstance(v, float) and v > 0 for v in cpu.values()), (column, cpu)
+
+    # The table on stdout has a row per measurement, then the CPU table's four;
+    # progress went to stderr.
     lines = p.stdout.splitlines()
     assert "kernel veth" in lines[0] and "ustack offload off" in lines[0]
-    assert len([line for line in lines if "(" in line and not line.startswith("note")]) == 5
+    assert [line.split(" (")[0] for line in lines[1:6]] == [
+        "bulk kernel->peer", "bulk peer->kernel", "RR latency median", "RR latency p99",
+        "connections"]
+    assert lines[6].startswith("ustack daemon CPU") and "ustack offload off" in lines[6]
+    assert [line.split(" (")[0] for line in lines[7:11]] == [
+        "bulk kernel->peer", "bulk peer->kernel", "RR", "connections"]
     assert "bulk kernel->peer" in p.stderr
