@@ -51,15 +51,47 @@ def test_quickack_at_start_then_delayed_ack():
     assert b.stats.tcpext["DelayedACKs"] == 1
 
 
-def test_ack_every_second_full_segment():
+def test_ack_every_second_full_segment_while_the_window_holds():
     net = Net(codec=False)
     a, b = net.pair()
     warm(a, b, net.now)
+    # The buffer grew (autotuning): its free space exceeds the last offer even
+    # with the segments unread, so the right edge can advance.
+    b.rcvbuf = 4 << 20
     mss = b.rcv_mss
     b.segment_arrives(data_seg(a, b, b"x" * mss), net.now)
     assert not b.out
     b.segment_arrives(data_seg(a, b, b"x" * mss), net.now)
     assert len(acks(b)) == 1  # two full-sized segments: ACK now (RFC 1122 4.2.3.2)
+
+
+def test_ack_of_unread_segments_waits_for_the_reader():
+    # __tcp_ack_snd_check: unread data shrinks the window the buffer can offer,
+    # so the ACK is left to the reader's next read (tcp_cleanup_rbuf), which
+    # acknowledges everything received up to then at once.
+    net = Net(codec=False)
+    a, b = net.pair()
+    warm(a, b, net.now)
+    mss = b.rcv_mss
+    for _ in range(4):
+        b.segment_arrives(data_seg(a, b, b"x" * mss), net.now)
+    assert not acks(b) and b.next_deadline() <= net.now + TCP_DELACK_MAX
+    b.recv(1 << 20, net.now)
+    assert [s.ack for s in acks(b)] == [b.rcv_nxt]
+    assert b.stats.tcpext["DelayedACKs"] == 0
+
+
+def test_ack_of_unread_segments_goes_out_on_the_delayed_ack_timer():
+    net = Net(codec=False)
+    a, b = net.pair()
+    warm(a, b, net.now)
+    mss = b.rcv_mss
+    b.segment_arrives(data_seg(a, b, b"x" * mss), net.now)
+    b.segment_arrives(data_seg(a, b, b"x" * mss), net.now)
+    assert not acks(b)
+    b.on_timer(b.next_deadline())
+    assert [s.ack for s in acks(b)] == [b.rcv_nxt]
+    assert b.stats.tcpext["DelayedACKs"] == 1
 
 
 def test_out_of_order_segment_gets_immediate_dupack_with_sack():

@@ -510,8 +510,8 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
 
         Raises the pending error (ECONNRESET, ETIMEDOUT, ...) once the queue
         is empty, and BlockingIOError (EAGAIN) when there is simply nothing
-        yet. Reading may open the window; a window update goes out when it
-        grew a lot (``tcp_cleanup_rbuf``).
+        yet. Reading sends the ACK that input left to the reader, or a window
+        update when the window grew a lot (``tcp_cleanup_rbuf``).
         """
         q = self._rcvq
         if not q:
@@ -523,7 +523,10 @@ class TcpConnection(TcpInput, TcpOutput, TcpTimers, TcpRecovery, TcpMem):
         data = q.take(n)
         self._rcvq_consumed(len(data))
         self._rcv_space_adjust(now)
-        if self.state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2):
+        if self._ack_pending and seq_sub(self.rcv_nxt, self.rcv_wup) > self.rcv_mss:
+            # tcp_cleanup_rbuf: the once-per-two-segments ACK input held back.
+            self._send_ack(now)
+        elif self.state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2):
             # tcp_cleanup_rbuf: a read that at least doubles the window is announced now.
             cur = seq_sub(seq_add(self.rcv_wup, self.rcv_wnd), self.rcv_nxt)
             clamp = self.window_clamp or self.win_from_space(self.rcvbuf)

@@ -634,9 +634,21 @@ class TcpInput:
             self._enter_quickack()
 
     def _ack_snd_check(self, now: float) -> None:
-        """Send the ACK now or arm the delayed-ACK timer (``__tcp_ack_snd_check``)."""
+        """Send the ACK now or arm the delayed-ACK timer (``__tcp_ack_snd_check``).
+
+        More than one full segment unacknowledged is ACKed at once only if the
+        window the free buffer offers now is no smaller than the one last
+        advertised ("right edge of window advances far enough"); while unread
+        data shrinks it, the reader's next read sends the ACK
+        (``tcp_cleanup_rbuf``), or else the delayed-ACK timer. The kernel's
+        rcvlowat clause (ACK if less than SO_RCVLOWAT is unread) never holds
+        here: there is no SO_RCVLOWAT, and the segment just queued is unread.
+        The kernel also caps the offer at rcv_ssthresh, which ustack does not
+        keep; in a bulk flow under way it has grown to the free space anyway.
+        """
         if (self._ack_now or self.quick
-                or seq_sub(self.rcv_nxt, self.rcv_wup) > self.rcv_mss):
+                or (seq_sub(self.rcv_nxt, self.rcv_wup) > self.rcv_mss
+                    and self._free_window() >= self.rcv_wnd)):
             self._send_ack(now)
         elif self._delack_at is None:
             self._delack_at = now + min(max(self.ato, TCP_ATO_MIN), TCP_DELACK_MAX)

@@ -81,6 +81,16 @@ class TcpOutput:
         """Bytes sent and not yet acknowledged (RFC 5681 FlightSize)."""
         return seq_sub(self.snd_nxt, self.snd_una)
 
+    def _free_window(self) -> int:
+        """The window the free receive buffer can offer (``__tcp_select_window``'s
+        free space): ``tcp_space`` after truesize charges, within what the
+        window field and the clamp allow."""
+        free = self.win_from_space(self.rcvbuf - self.rmem_alloc)
+        limit = 65535 << self.rcv_wscale
+        if self.window_clamp and limit > self.window_clamp:
+            limit = self.window_clamp
+        return free if free < limit else limit
+
     def _select_window(self) -> int:
         """The 16-bit window field to send now (``tcp_select_window``).
 
@@ -92,14 +102,8 @@ class TcpOutput:
         cur = seq_sub(seq_add(self.rcv_wup, self.rcv_wnd), self.rcv_nxt)
         if cur < 0:
             cur = 0
-        # tcp_space: what the free buffer (after truesize charges) can offer.
-        free = self.win_from_space(self.rcvbuf - self.rmem_alloc)
+        free = self._free_window()
         ws = self.rcv_wscale
-        limit = 65535 << ws
-        if self.window_clamp and limit > self.window_clamp:
-            limit = self.window_clamp
-        if free > limit:
-            free = limit
         full = self.win_from_space(self.rcvbuf)
         new = cur if free - cur < min(full >> 1, self.rcv_mss) else free
         wire = new >> ws
