@@ -62,15 +62,27 @@ def csum_partial(data: Buffer, initial: int = 0) -> int:
     return total
 
 
-# For hot paths that sum one frame-sized buffer themselves: a value of up to
-# FOLD_MAX bytes, as int.from_bytes makes it, keeps its sum mod 0xffff under
-#     value = (value >> 6144) + (value & FOLD_6144)   (and so on for 3072, 1536)
-# (folds at multiples of 16 bits), and the final % then has a short number
-# to divide.
+# csum_words takes buffers of up to FOLD_MAX bytes (one MTU-sized frame).
 FOLD_MAX = 1536
-FOLD_6144 = (1 << 6144) - 1
-FOLD_3072 = (1 << 3072) - 1
-FOLD_1536 = (1 << 1536) - 1
+_FOLD_6144 = (1 << 6144) - 1
+_FOLD_3072 = (1 << 3072) - 1
+_FOLD_1536 = (1 << 1536) - 1
+
+
+def csum_words(data: Buffer) -> int:
+    """A number congruent to *data*'s one's-complement sum mod 0xffff, unreduced.
+
+    For hot paths that add their own terms and take one ``% 0xffff`` at the
+    end (GRO's and GSO's frame paths). *data* holds at most FOLD_MAX bytes:
+    folds at multiples of 16 bits keep the value's residue and leave the
+    final division a short number.
+    """
+    value = _from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8  # the odd byte is padded with zero (RFC 1071 4.1)
+    value = (value >> 6144) + (value & _FOLD_6144)
+    value = (value >> 3072) + (value & _FOLD_3072)
+    return (value >> 1536) + (value & _FOLD_1536)
 
 
 def csum_fold(total: int) -> int:

@@ -34,6 +34,9 @@ class Link:
     def read_frame(self) -> bytes | None:
         return None
 
+    def read_frames(self, limit: int) -> list[bytes]:
+        return []
+
     def write_frame(self, frame: bytes | bytearray | memoryview) -> bool:
         if not self.accept:
             return False

@@ -52,6 +52,13 @@ class WireEnd:
             self._release()
         return self._rx.popleft() if self._rx else None
 
+    def read_frames(self, limit: int) -> list[bytes]:
+        """Up to *limit* waiting frames, oldest first (TapQueue.read_frames)."""
+        if not self._rx:
+            self._release()
+        rx = self._rx
+        return [rx.popleft() for _ in range(min(limit, len(rx)))]
+
     def write_frame(self, frame: bytes | bytearray | memoryview) -> bool:
         data = bytes(frame)
         self.tx_frames += 1

@@ -54,6 +54,7 @@ class LinkQueue(Protocol):
     """What a driver needs from one queue of a link (TapQueue, WireEnd)."""
 
     def read_frame(self) -> bytes | None: ...
+    def read_frames(self, limit: int) -> list[bytes]: ...
     def write_frame(self, frame: bytes | bytearray | memoryview) -> bool: ...
     async def wait_readable(self) -> None: ...
 
@@ -253,16 +254,7 @@ class NetDevice:
         ring = self.rx_rings[q]
         impair = self.rx_impair[q]
         if impair is None:
-            read_frames = getattr(link, "read_frames", None)
-            if read_frames is not None:
-                frames = read_frames(ring.size)
-            else:
-                frames = []
-                for _ in range(ring.size):
-                    frame = link.read_frame()
-                    if frame is None:
-                        break
-                    frames.append(frame)
+            frames = link.read_frames(ring.size)
             self._rx_dry[q] = len(frames) < ring.size
             moved = ring.push_many(frames)
             if moved < len(frames):

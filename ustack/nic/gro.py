@@ -41,12 +41,10 @@ from collections.abc import Callable
 
 from ..buffer import CHECKSUM_UNNECESSARY, Packet
 from ..checksum import (
-    FOLD_1536,
-    FOLD_3072,
-    FOLD_6144,
     FOLD_MAX,
     checksum_ok,
     csum_partial,
+    csum_words,
     internet_checksum,
 )
 
@@ -369,15 +367,7 @@ class Gro:
             # frame's but for length, id and checksum, so their sum is known
             # (csum_base), and the length cancels the pseudo-header's.
             if end <= FOLD_MAX:
-                value = int.from_bytes(frame, "big")
-                if end & 1:
-                    value <<= 8
-                # Folds at multiples of 16 bits keep the sum mod 0xffff and
-                # make the final % (a division per 30-bit digit) short.
-                value = (value >> 6144) + (value & FOLD_6144)
-                value = (value >> 3072) + (value & FOLD_3072)
-                value = (value >> 1536) + (value & FOLD_1536)
-                if (value - p.csum_base - ip_id - ip_csum) % 0xFFFF:
+                if (csum_words(frame) - p.csum_base - ip_id - ip_csum) % 0xFFFF:
                     return False
             elif csum_partial(memoryview(frame)[n + 12 :], IPPROTO_TCP + tot_len - 20) != 0xFFFF:
                 return False

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 
 from ..buffer import CHECKSUM_NONE, CHECKSUM_PARTIAL, Packet
-from ..checksum import FOLD_1536, FOLD_3072, FOLD_6144, FOLD_MAX, csum_partial
+from ..checksum import FOLD_MAX, csum_partial, csum_words
 
 # Not a virtio-net value: the kernel's SKB_GSO_TCP_FIXEDID, "keep the IP id
 # of the super-segment on every segment" (set by GRO for forwarded flows).
@@ -187,15 +187,7 @@ def gso_frames(pkt: Packet, prefix: bytes, csum_offload: bool = False) -> list[b
         else:
             # Header sum: the template's constant words, seq and flags; the
             # payload is summed alone (it starts on a word boundary).
-            if fold:
-                value = int.from_bytes(chunk, "big")
-                if n & 1:
-                    value <<= 8
-                value = (value >> 6144) + (value & FOLD_6144)
-                value = (value >> 3072) + (value & FOLD_3072)
-                value = (value >> 1536) + (value & FOLD_1536)
-            else:
-                value = csum_partial(chunk)
+            value = csum_words(chunk) if fold else csum_partial(chunk)
             check = -(value + tcp_sum + (s >> 16) + (s & 0xFFFF) + f + pseudo) % 0xFFFF
         pack_tcp(seg, s_toff + 4, s, ack, doff, f, window, check)
         append(seg)
